@@ -1,0 +1,59 @@
+# pydeploy.web developer commands. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+# Package caches shared by all test containers and kept between runs (apt, pip, uv).
+export PYDEPLOY_CACHE_DIR ?= /var/cache/pydeploy-test
+# CA bundle the test images trust for apt, pip and uv: by default whatever this
+# machine trusts, so that a TLS-intercepting proxy in front of the registries works.
+export PYDEPLOY_EXTRA_CA ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+S ?=
+
+.PHONY: help demo test lint unit molecule molecule-all test-images docs-check clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+demo: ## Deploy the example apps (arrives with the end-to-end issue)
+	@echo "make demo: the end-to-end deploy of the example Django and Flask apps arrives with site.yml (issue 6); nothing to run yet."
+
+test: lint unit molecule-all ## Lint, unit tests and every Molecule scenario
+
+$(VENV)/.installed: requirements-dev.txt
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@
+
+lint: $(VENV)/.installed ## ansible-lint (production profile), role interface check, module docs
+	$(PY) scripts/check-role-interfaces
+	ansible-lint --profile production
+	@for f in plugins/modules/*.py; do m=$$(basename $$f .py); \
+	    err=$$(ansible-doc -t module pydeploy.web.$$m 2>&1 >/dev/null) || true; \
+	    if [ -n "$$err" ]; then echo "ansible-doc pydeploy.web.$$m: $$err"; exit 1; fi; \
+	    echo "ansible-doc pydeploy.web.$$m: renders"; done
+
+unit: $(VENV)/.installed ## Unit tests for plugins/
+	$(BIN)/pytest tests/unit
+
+test-images: ## Start Docker if needed and build the test images (once)
+	scripts/ensure-docker
+	scripts/build-test-images
+	@for r in bookworm trixie; do for c in apt/partial pip uv; do mkdir -p $(PYDEPLOY_CACHE_DIR)/$$r/$$c; done; \
+	    chmod 1777 $(PYDEPLOY_CACHE_DIR)/$$r/pip $(PYDEPLOY_CACHE_DIR)/$$r/uv; done
+
+molecule: $(VENV)/.installed test-images ## One Molecule scenario: make molecule S=<scenario>
+	@[ -n "$(S)" ] || { echo "name a scenario: make molecule S=<$(subst $(eval ) ,|,$(SCENARIOS))>"; exit 2; }
+	molecule test -s $(S)
+
+molecule-all: $(VENV)/.installed test-images ## Every Molecule scenario, one after the other
+	@for s in $(SCENARIOS); do echo "=== molecule scenario $$s"; molecule test -s $$s || exit 1; done
+
+clean: ## Remove build output (not the images or caches)
+	rm -rf pydeploy-web-*.tar.gz .pytest_cache

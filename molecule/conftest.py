@@ -1,0 +1,63 @@
+"""Shared testinfra helpers: run a scenario's playbook again, as a user would, and
+read what every task returned."""
+import json
+import os
+import subprocess
+
+import pytest
+
+
+class PlayResult:
+    def __init__(self, proc, host):
+        self.rc = proc.returncode
+        self.output = proc.stdout + proc.stderr
+        self.host = host
+        try:
+            self.data = json.loads(proc.stdout[proc.stdout.index("{"):])
+        except ValueError:
+            self.data = {"plays": [], "stats": {}}
+
+    @property
+    def stats(self):
+        return self.data.get("stats", {}).get(self.host, {})
+
+    @property
+    def failed(self):
+        return self.rc != 0
+
+    def task(self, name):
+        """What the task whose name starts with `name` returned on this host (last run)."""
+        found = None
+        for play in self.data["plays"]:
+            for task in play["tasks"]:
+                # Role tasks are named "<role FQCN> : <name>".
+                if task["task"]["name"].split(" : ", 1)[-1].startswith(name) and self.host in task["hosts"]:
+                    found = task["hosts"][self.host]
+        if found is None:
+            raise AssertionError("no task named %r ran on %s; output:\n%s" % (name, self.host, self.output[-3000:]))
+        return found
+
+    def failures(self):
+        return [task["hosts"][self.host] for play in self.data["plays"] for task in play["tasks"]
+                if task["hosts"].get(self.host, {}).get("failed")]
+
+    def __repr__(self):
+        return "<play rc=%d stats=%s>\n%s" % (self.rc, self.stats, self.output[-3000:])
+
+
+@pytest.fixture
+def play(host):
+    """play(playbook, **extra_vars): run a playbook of this scenario against this host."""
+    scenario_dir = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
+    name = host.backend.get_hostname()
+
+    def run(playbook="converge.yml", **extra_vars):
+        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+        argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", name,
+                os.path.join(scenario_dir, playbook)]
+        if extra_vars:
+            argv += ["-e", json.dumps(extra_vars)]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        return PlayResult(proc, name)
+
+    return run

@@ -1,0 +1,6 @@
+"""Make this checkout importable as ansible_collections.pydeploy.web for the tests."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, ".collections"))
