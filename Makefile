@@ -15,7 +15,7 @@ export PYDEPLOY_EXTRA_CA ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 S ?=
 
-.PHONY: help demo test lint unit molecule molecule-all test-images docs-check clean
+.PHONY: help demo test lint build unit molecule molecule-all test-images docs-check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -23,7 +23,7 @@ help: ## List the targets
 demo: ## Deploy the example apps (arrives with the end-to-end issue)
 	@echo "make demo: the end-to-end deploy of the example Django and Flask apps arrives with site.yml (issue 6); nothing to run yet."
 
-test: lint unit molecule-all ## Lint, unit tests and every Molecule scenario
+test: lint build unit molecule-all ## Lint, artifact check, unit tests and every Molecule scenario
 
 $(VENV)/.installed: requirements-dev.txt
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
@@ -38,6 +38,12 @@ lint: $(VENV)/.installed ## ansible-lint (production profile), role interface ch
 	    err=$$(ansible-doc -t module pydeploy.web.$$m 2>&1 >/dev/null) || true; \
 	    if [ -n "$$err" ]; then echo "ansible-doc pydeploy.web.$$m: $$err"; exit 1; fi; \
 	    echo "ansible-doc pydeploy.web.$$m: renders"; done
+
+build: $(VENV)/.installed ## Build the collection artifact and check what it holds
+	ansible-galaxy collection build --force
+	@bad=$$(tar tzf pydeploy-web-*.tar.gz | grep -E '^(molecule|tests|bench|scripts|\.venv|\.collections)/' || true); \
+	    if [ -n "$$bad" ]; then echo "the artifact holds files that build_ignore should keep out:"; echo "$$bad" | head; exit 1; fi; \
+	    echo "artifact: $$(ls pydeploy-web-*.tar.gz), $$(tar tzf pydeploy-web-*.tar.gz | wc -l) entries, no tests or scenarios"
 
 unit: $(VENV)/.installed ## Unit tests for plugins/
 	$(BIN)/pytest tests/unit
