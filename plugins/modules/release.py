@@ -1,0 +1,489 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: pydeploy.web contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: release
+short_description: Verified, safe, atomic application releases from a tar archive
+version_added: 0.1.0
+description:
+  - Manages the releases of one application under O(root). Each release is a directory
+    C(releases/<id>) unpacked from a tar archive, with a C(RELEASE.json) manifest (id,
+    sha256, source name, time in UTC, member count, size). C(current) is a symlink to
+    the live release, C(shared/) holds what outlives releases (media, C(.env), data) and
+    C(.pydeploy/) holds the deployment history and the lock.
+  - The archive's SHA-256 is verified before anything is written. It is then read once,
+    as a stream, into C(releases/.<id>.partial) under a member policy of the module's own
+    (tarfile's C(filter=) is applied on top where the interpreter has it), and the
+    directory is renamed into place when complete. A failure leaves no partial directory
+    and does not touch C(current).
+  - Member policy. Absolute names, C(..) components, device nodes and FIFOs are refused;
+    nothing is written through a symlink or twice under one name; symlinks must resolve
+    inside the release, also through chains of links; hardlinks must name a regular file
+    of the archive. Setuid, setgid, sticky and group/world write bits are dropped.
+    O(max_members) and O(max_size) stop decompression bombs. The error names the member
+    and the reason.
+  - C(current) is switched atomically (a new symlink renamed over the old one), so it is
+    never missing and never points at an incomplete release.
+  - Every unpack, switch, rollback and prune is appended to C(.pydeploy/history.jsonl).
+    Pruning and rollback follow the deploy order recorded there, never file times; the
+    current release and the rollback target are never pruned.
+  - A lock (C(.pydeploy/lock)) keeps two runs off one root; the second fails at once,
+    naming the holder (pid, host, start time). The kernel drops the lock of a run that
+    died, and the next run takes it over with a warning.
+  - When the release is already unpacked with the same SHA-256, the archive is not read
+    at all, so a re-run costs a few system calls.
+author:
+  - pydeploy.web contributors
+options:
+  root:
+    description: The application root, for example C(/srv/mysite). Created with its layout when missing.
+    type: path
+    required: true
+  state:
+    description:
+      - V(active) unpacks the release when it is not present yet, then switches C(current) to it and prunes.
+      - V(unpacked) unpacks the release when it is not present yet and leaves C(current) alone.
+      - V(rollback) switches C(current) to O(release_id) when given, else to the previous successful
+        release, the newest one activated before the current one that was not itself rolled back from.
+      - V(pruned) removes old releases beyond O(keep_releases) and leftover partial directories.
+      - V(query) changes nothing and reports the state of the root.
+    type: str
+    choices: [active, unpacked, rollback, pruned, query]
+    default: active
+  src:
+    description:
+      - Path on the managed host of a C(.tar), C(.tar.gz), C(.tar.bz2) or C(.tar.xz) archive.
+      - Needed, with O(checksum), when the release is not already unpacked.
+    type: path
+  checksum:
+    description:
+      - SHA-256 of O(src), 64 hex characters.
+      - When the release is already unpacked, it must match the manifest, or the task fails
+        (two different archives under one release id).
+    type: str
+  release_id:
+    description:
+      - Name of the release directory. Letters, digits, C(.), C(_) and C(-), not starting with a dot.
+      - Defaults to the first 12 hex characters of O(checksum), so that every host of a deploy
+        agrees on it without extra variables.
+      - With O(state=rollback), the release to roll back to.
+    type: str
+  keep_releases:
+    description:
+      - How many releases O(state=active) and O(state=pruned) keep, counting the current one.
+        The rollback target is kept in any case.
+    type: int
+    default: 5
+  shared_paths:
+    description:
+      - Paths inside the release replaced by relative symlinks into C(shared/), for example
+        C(media) or C(.env).
+      - A path missing from C(shared/) is seeded with what the release holds there, or made an
+        empty directory; what C(shared/) already holds is never touched.
+    type: list
+    elements: str
+    default: []
+  strip_components:
+    description: Leading path components removed from member names, as C(tar --strip-components).
+    type: int
+    default: 0
+  max_members:
+    description: Most archive members accepted.
+    type: int
+    default: 100000
+  max_size:
+    description: Most bytes of file content accepted, summed over all members.
+    type: int
+    default: 2147483648
+  owner:
+    description: Owner of the unpacked files (name or uid). Defaults to the user running the module.
+    type: str
+  group:
+    description: Group of the unpacked files (name or gid).
+    type: str
+  mode:
+    description:
+      - Mode of the release directory itself, in octal, for example V('0750').
+      - Files keep their archive modes, without setuid, setgid, sticky and group/world write bits.
+    type: raw
+    default: "0755"
+attributes:
+  check_mode:
+    support: full
+    details: The checksum of O(src) is verified (it only reads); nothing is written and no lock is taken.
+  diff_mode:
+    support: full
+    details: Shows the target of C(current) and the list of releases before and after.
+  platform:
+    platforms: posix
+notes:
+  - Run it with privileges that can create O(root) and set O(owner); the app_release role does.
+  - O(src) must be on the managed host; the P(pydeploy.web.app_release#role) role copies it there
+    only when the release is not present yet.
+seealso:
+  - role: pydeploy.web.app_release
+  - module: ansible.builtin.unarchive
+  - module: community.general.deploy_helper
+"""
+
+EXAMPLES = r"""
+- name: Unpack the release and make it current
+  pydeploy.web.release:
+    root: /srv/mysite
+    src: /srv/mysite/.pydeploy/artifacts/mysite-1.4.2.tar.gz
+    checksum: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    shared_paths: [media, .env]
+    owner: root
+    group: mysite
+    keep_releases: 5
+  register: mysite_release
+
+- name: Unpack only; the switch comes after the health check
+  pydeploy.web.release:
+    root: /srv/mysite
+    state: unpacked
+    src: /srv/mysite/.pydeploy/artifacts/mysite-1.4.2.tar.gz
+    checksum: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+
+- name: Switch to the release unpacked above
+  pydeploy.web.release:
+    root: /srv/mysite
+    release_id: 9f86d081884c
+
+- name: Roll back to the previous successful release
+  pydeploy.web.release:
+    root: /srv/mysite
+    state: rollback
+
+- name: Roll back to a named release
+  pydeploy.web.release:
+    root: /srv/mysite
+    state: rollback
+    release_id: 2c26b46b68ff
+
+- name: What is live, and what would a rollback go to?
+  pydeploy.web.release:
+    root: /srv/mysite
+    state: query
+  register: mysite_releases
+"""
+
+RETURN = r"""
+release_id:
+  description: The release this task unpacked, switched to or rolled back to; for V(query) and V(pruned), the current one.
+  returned: always
+  type: str
+  sample: 9f86d081884c
+release_path:
+  description: Absolute path of that release.
+  returned: when release_id is known
+  type: str
+  sample: /srv/mysite/releases/9f86d081884c
+release_present:
+  description: Whether that release is unpacked and complete (after the task; in check mode, as it would be).
+  returned: always
+  type: bool
+  sample: true
+current:
+  description: The release C(current) points at after the task (in check mode, would point at).
+  returned: always
+  type: str
+  sample: 9f86d081884c
+previous:
+  description: The release C(current) pointed at before the task; null on a first deploy.
+  returned: always
+  type: str
+  sample: 2c26b46b68ff
+rollback_target:
+  description: The release V(state=rollback) would switch to now; null when there is none.
+  returned: always
+  type: str
+  sample: 2c26b46b68ff
+releases:
+  description: Complete releases after the task, oldest first in deploy order.
+  returned: always
+  type: list
+  elements: str
+  sample: [2c26b46b68ff, 9f86d081884c]
+pruned:
+  description: Releases removed (in check mode, that would be removed).
+  returned: always
+  type: list
+  elements: str
+  sample: [fcde2b2edba5]
+unpacked:
+  description: Whether the archive was unpacked by this task.
+  returned: always
+  type: bool
+  sample: true
+switched:
+  description: Whether C(current) was switched by this task.
+  returned: always
+  type: bool
+  sample: true
+manifest:
+  description: Content of the release's C(RELEASE.json).
+  returned: when the release is present
+  type: dict
+  sample: {"id": "9f86d081884c", "sha256": "9f86d0...", "source": "mysite-1.4.2.tar.gz",
+           "time": "2026-11-20T10:00:00Z", "members": 1843, "size": 10485760}
+"""
+
+import grp
+import os
+import pwd
+import shutil
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.pydeploy.web.plugins.module_utils._release import (
+    RELEASE_ID, SHA256, ReleaseError, Root, RootLock, chown_tree, extract, link_shared,
+    sha256_file, utcnow, write_manifest,
+)
+
+
+def _id_of(name, kind, db, module):
+    if name is None:
+        return -1
+    try:
+        return int(name)
+    except ValueError:
+        pass
+    try:
+        return (db.getpwnam(name).pw_uid if kind == "owner" else db.getgrnam(name).gr_gid)
+    except KeyError:
+        module.fail_json(msg="%s %r does not exist on this host" % (kind, name))
+
+
+def _mode(value, module):
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value), 8)
+    except ValueError:
+        module.fail_json(msg="mode %r is not an octal number such as '0755'" % value)
+
+
+class Release:
+    def __init__(self, module):
+        self.module = module
+        p = module.params
+        self.p = p
+        self.check = module.check_mode
+        self.root = Root(p["root"])
+        self.checksum = p["checksum"].lower() if p["checksum"] else None
+        if self.checksum and not SHA256.match(self.checksum):
+            raise ReleaseError("checksum must be a SHA-256 as 64 hex characters, got %r" % p["checksum"])
+        self.release_id = p["release_id"] or (self.checksum[:12] if self.checksum else None)
+        if self.release_id and not RELEASE_ID.match(self.release_id):
+            raise ReleaseError("release_id %r may hold letters, digits, '.', '_' and '-' and must not start "
+                               "with a dot" % self.release_id)
+        self.history = self.root.history()
+        self.simulated = set()  # releases check mode pretends to have unpacked
+
+    # -- helpers -------------------------------------------------------------
+
+    def present(self, rid):
+        return rid in self.simulated or self.root.manifest(rid) is not None
+
+    @staticmethod
+    def describe(current, releases):
+        return "current -> %s\nreleases (oldest first):\n%s" % (
+            ("releases/" + current) if current else "(none)", "".join("  %s\n" % r for r in releases))
+
+    def ordered(self):
+        order = self.root.ordered(self.history)
+        return order + [r for r in sorted(self.simulated) if r not in order]
+
+    def note(self, event, **fields):
+        entry = dict(event=event, time=utcnow(), **fields)
+        self.history.append(entry)
+        if not self.check:
+            self.root.record(event, **fields)
+
+    # -- steps ---------------------------------------------------------------
+
+    def unpack(self):
+        p = self.p
+        rid = self.release_id
+        if not p["src"] or not self.checksum:
+            raise ReleaseError("release %s is not unpacked under %s; src and checksum are needed to unpack it"
+                               % (rid, self.root.releases_dir))
+        src = p["src"]
+        if not os.path.isfile(src):
+            raise ReleaseError("src %s does not exist on this host (or is not a file)" % src)
+        actual = sha256_file(src)
+        if actual != self.checksum:
+            raise ReleaseError("checksum mismatch for %s: expected sha256 %s, actual %s; nothing was written"
+                               % (src, self.checksum, actual))
+        if self.check:
+            self.simulated.add(rid)
+            return
+        uid = _id_of(p["owner"], "owner", pwd, self.module)
+        gid = _id_of(p["group"], "group", grp, self.module)
+        partial = os.path.join(self.root.releases_dir, ".%s.partial" % rid)
+        if os.path.lexists(partial):
+            shutil.rmtree(partial)
+        started = time.time()
+        os.mkdir(partial, 0o700)
+        try:
+            members, size = extract(src, partial, strip_components=p["strip_components"],
+                                    max_members=p["max_members"], max_size=p["max_size"])
+            link_shared(self.root, partial, p["shared_paths"])
+            write_manifest(partial, dict(id=rid, sha256=actual, source=os.path.basename(src), time=utcnow(),
+                                         members=members, size=size))
+            chown_tree(partial, uid, gid)
+            os.chmod(partial, _mode(p["mode"], self.module))
+            os.rename(partial, self.root.release_path(rid))
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        self.note("unpacked", release=rid, sha256=actual, source=os.path.basename(src), members=members,
+                  size=size, seconds=round(time.time() - started, 3))
+
+    def switch(self, rid, previous, event):
+        if not self.check:
+            self.root.switch(rid)
+        fields = dict(release=rid, previous=previous)
+        manifest = self.root.manifest(rid)
+        if manifest:
+            fields["sha256"] = manifest.get("sha256")
+        self.note(event, **fields)
+
+    def prune(self, current):
+        doomed = self.root.to_prune(self.p["keep_releases"], current, self.history)
+        doomed = [r for r in doomed if r not in self.simulated]
+        if not self.check:
+            for rid in doomed:
+                self.root.remove_release(rid)
+            if doomed:
+                self.note("pruned", releases=doomed, keep=self.p["keep_releases"])
+            self.root.remove_leftovers()
+        return doomed
+
+    # -- states --------------------------------------------------------------
+
+    def run(self):
+        p = self.p
+        state = p["state"]
+        before = self.root.current()
+        result = dict(changed=False, previous=before, unpacked=False, switched=False, pruned=[])
+        leftovers = self.root.leftovers()
+        current = before
+        before_text = self.describe(before, self.root.ordered(self.history))
+
+        if state in ("active", "unpacked"):
+            if not self.release_id:
+                raise ReleaseError("state=%s needs checksum (or release_id for a release already unpacked)" % state)
+            manifest = self.root.manifest(self.release_id)
+            if manifest is not None:
+                if self.checksum and manifest.get("sha256") != self.checksum:
+                    raise ReleaseError(
+                        "release %s is already unpacked from an archive with sha256 %s, but checksum is %s; "
+                        "give this archive another release_id" % (self.release_id, manifest.get("sha256"),
+                                                                  self.checksum))
+            else:
+                self.unpack()
+                result["unpacked"] = True
+            if state == "active" and before != self.release_id:
+                self.switch(self.release_id, before, "activated")
+                current = self.release_id
+                result["switched"] = True
+        elif state == "rollback":
+            if before is None:
+                raise ReleaseError("%s has no current release to roll back from" % self.root.path)
+            target = self.release_id or self.root.rollback_target(before, self.history)
+            if target is None:
+                raise ReleaseError("no release to roll back to: none was activated before %s and is still "
+                                   "present under %s" % (before, self.root.releases_dir))
+            if not self.present(target):
+                raise ReleaseError("release %s is not unpacked under %s; present: %s"
+                                   % (target, self.root.releases_dir, ", ".join(self.ordered()) or "none"))
+            self.release_id = target
+            if target != before:
+                self.switch(target, before, "rolled_back")
+                current = target
+                result["switched"] = True
+        else:
+            self.release_id = self.release_id or before
+
+        if state in ("active", "pruned"):
+            result["pruned"] = self.prune(current)
+            if leftovers and not self.check:
+                result["changed"] = True
+
+        result["changed"] = bool(result["changed"] or result["unpacked"] or result["switched"] or result["pruned"])
+        releases = [r for r in self.ordered() if r not in result["pruned"]]
+        if self.module._diff:
+            result["diff"] = dict(
+                before_header="%s (before)" % self.root.path,
+                after_header="%s (after)" % self.root.path,
+                before=before_text,
+                after=self.describe(current, releases),
+            )
+        result.update(
+            release_id=self.release_id,
+            current=current,
+            rollback_target=self.root.rollback_target(current, self.history) if current else None,
+            releases=releases,
+            release_present=bool(self.release_id) and self.present(self.release_id),
+        )
+        if self.release_id:
+            result["release_path"] = self.root.release_path(self.release_id)
+            manifest = self.root.manifest(self.release_id)
+            if manifest:
+                result["manifest"] = manifest
+        return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            root=dict(type="path", required=True),
+            state=dict(type="str", default="active", choices=["active", "unpacked", "rollback", "pruned", "query"]),
+            src=dict(type="path"),
+            checksum=dict(type="str"),
+            release_id=dict(type="str"),
+            keep_releases=dict(type="int", default=5),
+            shared_paths=dict(type="list", elements="str", default=[]),
+            strip_components=dict(type="int", default=0),
+            max_members=dict(type="int", default=100000),
+            max_size=dict(type="int", default=2 * 1024 ** 3),
+            owner=dict(type="str"),
+            group=dict(type="str"),
+            mode=dict(type="raw", default="0755"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["keep_releases"] < 1:
+        module.fail_json(msg="keep_releases must be at least 1 (the current release), got %d" % p["keep_releases"])
+    for name in ("strip_components", "max_members", "max_size"):
+        if p[name] < 0:
+            module.fail_json(msg="%s must not be negative, got %d" % (name, p[name]))
+
+    lock = None
+    try:
+        release = Release(module)
+        if p["state"] != "query" and not module.check_mode:
+            release.root.ensure_layout()
+            lock = RootLock(os.path.join(release.root.state_dir, "lock")).acquire()
+            if lock.stale:
+                module.warn("took over the lock %s left by pid %s on %s (started %s), which is no longer running"
+                            % (lock.path, lock.stale.get("pid"), lock.stale.get("host"), lock.stale.get("started")))
+        result = release.run()
+    except ReleaseError as e:
+        module.fail_json(msg=str(e), root=p["root"])
+    finally:
+        if lock is not None:
+            lock.release()
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
