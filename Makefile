@@ -9,9 +9,6 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 # Package caches shared by all test containers and kept between runs (apt, pip, uv).
 export PYDEPLOY_CACHE_DIR ?= /var/cache/pydeploy-test
-# CA bundle the test images trust for apt, pip and uv: by default whatever this
-# machine trusts, so that a TLS-intercepting proxy in front of the registries works.
-export PYDEPLOY_EXTRA_CA ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 S ?=
 

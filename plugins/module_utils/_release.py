@@ -186,6 +186,10 @@ def extract(archive, dest, strip_components=0, max_members=100000, max_size=2 * 
     dest = os.path.realpath(dest)
     data_filter = getattr(tarfile, "data_filter", None)  # absent before Python 3.11.4
     members = size = 0
+    # Directories known to be real directories inside dest, created or checked here.
+    # Nothing can turn one into a symlink later (a second member of that name is
+    # refused), so their members skip the per-component walk.
+    safe_dirs = {()}
     dirs = []
     links = []
     try:
@@ -217,15 +221,19 @@ def extract(archive, dest, strip_components=0, max_members=100000, max_size=2 * 
                         data_filter(member, dest)
                     except tarfile.FilterError as e:
                         raise ReleaseError("member %r: refused by tarfile's data filter: %s" % (member.name, e))
-                _check_parents(dest, parts, member.name)
                 target = os.path.join(dest, *parts)
-                _makedirs(dest, parts[:-1])
+                parent = tuple(parts[:-1])
+                if parent not in safe_dirs:
+                    _check_parents(dest, parts, member.name)
+                    _makedirs(dest, parts[:-1])
+                    safe_dirs.update(parent[:k] for k in range(len(parent) + 1))
                 if member.isdir():
                     if os.path.lexists(target):
                         if os.path.islink(target) or not os.path.isdir(target):
                             raise ReleaseError("member %r: %s exists and is not a directory" % (member.name, rel))
                     else:
                         os.mkdir(target, 0o700)
+                    safe_dirs.add(tuple(parts))
                     dirs.append((target, member))
                     continue
                 if os.path.lexists(target):

@@ -1,4 +1,5 @@
 import json
+import shlex
 
 import pytest
 
@@ -16,7 +17,7 @@ def venvs(host):
 
 
 def as_demo(host, command):
-    return host.run("sudo -u demo -- sh -c %s" % json.dumps(command))
+    return host.run("sudo -u demo -- sh -c %s" % shlex.quote(command))
 
 
 @pytest.fixture
