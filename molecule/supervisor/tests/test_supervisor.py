@@ -1,0 +1,117 @@
+"""supervisor: root-only control, one program changed at a time."""
+import re
+
+import pytest
+
+CONFIG = "/etc/supervisor/supervisord.conf"
+PASSWORD = "correct horse battery staple"
+
+
+def pid(host, program):
+    value = int(host.check_output("supervisorctl pid %s" % program))
+    assert value > 0, program
+    return value
+
+
+def tcp_listeners(host):
+    return host.check_output("ss -Hltnp").splitlines()
+
+
+@pytest.fixture
+def restore(play):
+    """Leave the host as converge.yml made it, whatever the test did."""
+    yield
+    result = play()
+    assert not result.failed, result
+
+
+def test_supervisor_runs_and_starts_at_boot(host):
+    service = host.service("supervisor")
+    assert service.is_running and service.is_enabled
+
+
+def test_configuration_and_program_files_are_readable_by_root_only(host):
+    for path, mode in ((CONFIG, 0o600), ("/etc/supervisor/conf.d", 0o700),
+                       ("/etc/supervisor/conf.d/demo-a.conf", 0o600), ("/etc/supervisor/conf.d/demo-b.conf", 0o600)):
+        f = host.file(path)
+        assert (f.user, f.group, f.mode) == ("root", "root", mode), path
+
+
+def test_control_is_a_root_only_unix_socket_and_there_is_no_tcp_listener(host):
+    sock = host.file("/run/supervisor.sock")
+    assert sock.is_socket and sock.user == "root" and sock.mode == 0o700
+    assert "[inet_http_server]" not in host.file(CONFIG).content_string
+    assert not [line for line in tcp_listeners(host) if "supervisord" in line]
+    # Another user cannot even connect to it (curl exits 7: could not connect).
+    other = host.run("sudo -u nobody curl -s --unix-socket /run/supervisor.sock http://localhost/RPC2")
+    assert other.rc == 7, other
+
+
+def test_programs_run_as_their_users(host):
+    assert host.check_output("ps -o user= -p %d" % pid(host, "demo-a")) == "demo"
+    assert host.check_output("ps -o user= -p %d" % pid(host, "demo-b")) == "nobody"
+
+
+def test_environment_reaches_the_program_exactly(host):
+    log = host.file("/var/log/supervisor/demo-a.out.log").content_string
+    assert "hello from pid %d as uid %d" % (pid(host, "demo-a"), host.user("demo").uid) in log
+    assert "tricky: 50% off, \"quoted\" text, a=b;c\n" in log
+
+
+def test_logs_are_rotated_by_size(host):
+    program = host.file("/etc/supervisor/conf.d/demo-a.conf").content_string
+    assert "stdout_logfile = /var/log/supervisor/demo-a.out.log" in program
+    assert "stdout_logfile_maxbytes = 10MB" in program and "stdout_logfile_backups = 5" in program
+    assert "stderr_logfile_maxbytes = 10MB" in program
+    assert "redirect_stderr = true" in host.file("/etc/supervisor/conf.d/demo-b.conf").content_string
+
+
+def test_changing_one_program_leaves_the_other_alone(host, play, restore):
+    a, b = pid(host, "demo-a"), pid(host, "demo-b")
+    supervisord = host.file("/run/supervisord.pid").content_string.strip()
+    result = play(demo_greeting="changed")
+    assert not result.failed, result
+    assert pid(host, "demo-b") == b
+    assert pid(host, "demo-a") != a
+    assert host.file("/run/supervisord.pid").content_string.strip() == supervisord
+    assert "GREETING=\"changed\"" in host.file("/etc/supervisor/conf.d/demo-a.conf").content_string
+    log = host.file("/var/log/supervisor/demo-a.out.log").content_string
+    assert "changed from pid %d" % pid(host, "demo-a") in log
+
+
+def test_a_value_supervisor_would_misread_is_refused_before_it_is_written(host, play):
+    a, b = pid(host, "demo-a"), pid(host, "demo-b")
+    before = host.file("/etc/supervisor/conf.d/demo-a.conf").content_string
+    result = play(demo_greeting="hello ; rm -rf /")
+    assert result.failed, result
+    assert [f for f in result.failures() if "GREETING" in f.get("msg", "")], result
+    assert host.file("/etc/supervisor/conf.d/demo-a.conf").content_string == before
+    assert (pid(host, "demo-a"), pid(host, "demo-b")) == (a, b)
+
+
+def test_the_tcp_interface_needs_credentials(play):
+    result = play(supervisor_inet_http_server=True)
+    assert result.failed, result
+    msg = result.task("Check that the TCP interface, when turned on, has credentials")["msg"]
+    assert "there is no default password" in msg
+
+
+def test_the_tcp_interface_listens_on_loopback_only_with_a_hashed_password(host, play, restore):
+    result = play(supervisor_inet_http_server=True, supervisor_inet_http_server_username="admin",
+                  supervisor_inet_http_server_password=PASSWORD)
+    assert not result.failed, result
+    assert PASSWORD not in result.output
+    listeners = [line for line in tcp_listeners(host) if "supervisord" in line]
+    assert len(listeners) == 1 and re.search(r"\s127\.0\.0\.1:9001\s", listeners[0]), listeners
+    config = host.file(CONFIG)
+    assert config.mode == 0o600
+    assert PASSWORD not in config.content_string and "password = {SHA}" in config.content_string
+    curl = "curl -s -o /dev/null -w '%{http_code}' "
+    assert host.check_output(curl + "http://127.0.0.1:9001/") == "401"
+    assert host.check_output(curl + "-u 'admin:%s' http://127.0.0.1:9001/" % PASSWORD) == "200"
+
+
+def test_a_rerun_changes_nothing(play):
+    result = play()
+    assert not result.failed, result
+    assert result.stats["changed"] == 0, result
