@@ -61,3 +61,11 @@ def play(host):
         return PlayResult(proc, name)
 
     return run
+
+
+@pytest.fixture
+def restore(play):
+    """Leave the host as converge.yml made it (its default variables), whatever the test did."""
+    yield
+    result = play()
+    assert not result.failed, result

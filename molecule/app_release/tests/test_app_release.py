@@ -1,8 +1,7 @@
 import json
-import shlex
 import os
 
-import pytest
+from hostcheck import as_demo
 
 ROOT = "/srv/demo"
 ARCHIVES = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "archives")
@@ -19,16 +18,6 @@ def current(host):
 
 def releases(host):
     return sorted(n for n in host.check_output("ls -A %s/releases" % ROOT).split())
-
-
-def as_demo(host, command):
-    return host.run("sudo -u demo -- sh -c %s" % shlex.quote(command))
-
-
-@pytest.fixture
-def restore(play):
-    yield
-    play(demo_version="1")
 
 
 def test_application_user_is_a_system_user_without_login(host):

@@ -4,31 +4,12 @@ import re
 import shlex
 import time
 
-import pytest
+from hostcheck import seen
 
 CONF = "/etc/demo/gunicorn.conf.py"
 PROGRAM = "/etc/supervisor/conf.d/demo.conf"
 SOCKET = "/run/demo/gunicorn.sock"
 ENTRY = {"debian12": "application", "debian13": "create_app"}
-
-
-def http(host, path, *curl_args, hostname="demo.test"):
-    """Status, headers (lower-case names) and body of a request through nginx."""
-    cmd = host.run("curl -sS -i --max-time 30 -H %s %s %s" % (
-        shlex.quote("Host: " + hostname), " ".join(shlex.quote(a) for a in curl_args),
-        shlex.quote("http://127.0.0.1" + path)))
-    assert cmd.rc == 0, cmd.stderr
-    head, _, body = cmd.stdout.partition("\r\n\r\n")
-    lines = head.split("\r\n")
-    headers = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:]))
-    return int(lines[0].split()[1]), headers, body
-
-
-def seen(host, path="/", *curl_args):
-    status, headers, body = http(host, path, *curl_args)
-    assert status == 200, body
-    assert headers["content-type"] == "application/json"
-    return json.loads(body)
 
 
 def master_pid(host):
@@ -42,14 +23,6 @@ def config_value(host, name):
 
 def release_path(host):
     return host.file("/srv/demo/current").linked_to
-
-
-@pytest.fixture
-def restore(play):
-    """Leave the host as converge.yml made it, whatever the test did."""
-    yield
-    result = play()
-    assert not result.failed, result
 
 
 def test_the_application_answers_through_nginx_and_gunicorn(host):

@@ -3,7 +3,7 @@ import json
 import shlex
 import time
 
-import pytest
+from hostcheck import http
 
 SITE = "/etc/nginx/sites-available/demo.conf"
 STATIC = "/srv/demo/current/static/site.css"
@@ -12,20 +12,6 @@ APP_LOG = "/var/log/demo/gunicorn.out.log"
 DEMO_SITE = {"name": "demo", "server_names": ["demo.test"], "socket": "/run/demo/gunicorn.sock",
              "static_dir": "/srv/demo/current/static", "media_dir": "/srv/demo/shared/media",
              "client_max_body_size": "1m"}
-
-
-def http(host, path, *curl_args, hostname="demo.test"):
-    """Status, headers (lower-case names) and body of a request to nginx."""
-    cmd = host.run("curl -sS -i --max-time 30 -H %s %s %s" % (
-        shlex.quote("Host: " + hostname), " ".join(shlex.quote(a) for a in curl_args),
-        shlex.quote("http://127.0.0.1" + path)))
-    assert cmd.rc == 0, cmd.stderr
-    head, _, body = cmd.stdout.partition("\r\n\r\n")
-    while head.split(" ")[1:2] == ["100"]:  # an interim "100 Continue" comes first
-        head, _, body = body.partition("\r\n\r\n")
-    lines = head.split("\r\n")
-    headers = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:]))
-    return int(lines[0].split()[1]), headers, body
 
 
 def app_answers(host):
@@ -42,14 +28,6 @@ def post(host, size, path="/upload"):
     # Expect: 100-continue lets nginx refuse a body that is too large before it is sent.
     return http(host, path, "--data-binary", "@/tmp/pydeploy-body", "-H", "Content-Type: application/octet-stream",
                 "-H", "Expect: 100-continue")
-
-
-@pytest.fixture
-def restore(play):
-    """Leave the host as converge.yml made it, whatever the test did."""
-    yield
-    result = play()
-    assert not result.failed, result
 
 
 def test_the_application_answers_through_nginx(host):

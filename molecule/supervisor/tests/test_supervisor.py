@@ -1,7 +1,6 @@
 """supervisor: root-only control, one program changed at a time."""
 import re
 
-import pytest
 
 CONFIG = "/etc/supervisor/supervisord.conf"
 PASSWORD = "correct horse battery staple"
@@ -15,14 +14,6 @@ def pid(host, program):
 
 def tcp_listeners(host):
     return host.check_output("ss -Hltnp").splitlines()
-
-
-@pytest.fixture
-def restore(play):
-    """Leave the host as converge.yml made it, whatever the test did."""
-    yield
-    result = play()
-    assert not result.failed, result
 
 
 def test_supervisor_runs_and_starts_at_boot(host):

@@ -8,30 +8,12 @@ import shlex
 import time
 
 import pytest
+from hostcheck import seen
 
 INI = "/etc/demo/uwsgi.ini"
 PROGRAM = "/etc/supervisor/conf.d/demo.conf"
 SOCKET = "/run/demo/uwsgi.sock"
 METHOD = {"debian12": "distro", "debian13": "pip"}
-
-
-def http(host, path, *curl_args, hostname="demo.test"):
-    """Status, headers (lower-case names) and body of a request through nginx."""
-    cmd = host.run("curl -sS -i --max-time 30 -H %s %s %s" % (
-        shlex.quote("Host: " + hostname), " ".join(shlex.quote(a) for a in curl_args),
-        shlex.quote("http://127.0.0.1" + path)))
-    assert cmd.rc == 0, cmd.stderr
-    head, _, body = cmd.stdout.partition("\r\n\r\n")
-    lines = head.split("\r\n")
-    headers = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:]))
-    return int(lines[0].split()[1]), headers, body
-
-
-def seen(host, path="/", *curl_args):
-    status, headers, body = http(host, path, *curl_args)
-    assert status == 200, body
-    assert headers["content-type"] == "application/json"
-    return json.loads(body)
 
 
 def master_pid(host):
@@ -61,14 +43,6 @@ def wait_for(check, seconds=30):
 @pytest.fixture
 def method(host):
     return METHOD[host.backend.get_hostname()]
-
-
-@pytest.fixture
-def restore(play):
-    """Leave the host as converge.yml made it, whatever the test did."""
-    yield
-    result = play()
-    assert not result.failed, result
 
 
 def test_the_application_answers_through_nginx_and_uwsgi(host):

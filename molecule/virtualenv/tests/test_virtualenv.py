@@ -1,10 +1,8 @@
 import json
-import shlex
 
-import pytest
+from hostcheck import as_demo
 
 BASE = "/srv/demo/venvs"
-REQUIREMENTS_V1 = "six==1.16.0\n"
 BUILD_TASK = "Build or reuse the virtualenv for these requirements"
 
 
@@ -14,17 +12,6 @@ def venv_path(host):
 
 def venvs(host):
     return sorted(host.check_output("ls -A %s" % BASE).split())
-
-
-def as_demo(host, command):
-    return host.run("sudo -u demo -- sh -c %s" % shlex.quote(command))
-
-
-@pytest.fixture
-def restore(play):
-    """Leave the host as converge.yml made it, whatever the test did."""
-    yield
-    play(demo_requirements=REQUIREMENTS_V1)
 
 
 def test_venv_runs_the_host_interpreter_version(host):
