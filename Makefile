@@ -12,13 +12,16 @@ export PYDEPLOY_CACHE_DIR ?= /var/cache/pydeploy-test
 SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 S ?=
 
-.PHONY: help demo test lint build unit molecule molecule-all test-images docs-check clean
+.PHONY: help demo demo-clean test lint build dist unit molecule molecule-all test-images docs-check clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-demo: ## Deploy the example apps (arrives with the end-to-end issue)
-	@echo "make demo: the end-to-end deploy of the example Django and Flask apps arrives with site.yml (issue 6); nothing to run yet."
+demo: $(VENV)/.installed ## Deploy the example Django project into a container with site.yml, print its URL
+	scripts/demo
+
+demo-clean: ## Remove the demo container
+	scripts/demo clean
 
 test: lint build unit molecule-all ## Lint, artifact check, unit tests and every Molecule scenario
 
@@ -38,9 +41,12 @@ lint: $(VENV)/.installed ## ansible-lint (production profile), role interface ch
 
 build: $(VENV)/.installed ## Build the collection artifact and check what it holds
 	ansible-galaxy collection build --force
-	@bad=$$(tar tzf pydeploy-web-*.tar.gz | grep -E '^(molecule|tests|bench|scripts|\.venv|\.collections)/' || true); \
+	@bad=$$(tar tzf pydeploy-web-*.tar.gz | grep -E '^(molecule|tests|bench|scripts|examples|dist|\.demo|\.venv|\.collections)/' || true); \
 	    if [ -n "$$bad" ]; then echo "the artifact holds files that build_ignore should keep out:"; echo "$$bad" | head; exit 1; fi; \
 	    echo "artifact: $$(ls pydeploy-web-*.tar.gz), $$(tar tzf pydeploy-web-*.tar.gz | wc -l) entries, no tests or scenarios"
+
+dist: ## Build the example apps' release archives under dist/ (scripts/build-dist all)
+	scripts/build-dist all
 
 unit: $(VENV)/.installed ## Unit tests for plugins/
 	$(BIN)/pytest tests/unit

@@ -1,0 +1,182 @@
+"""The end-to-end story both e2e scenarios tell, as a user would check it: over HTTP
+through nginx, with the shipped playbooks (site, deploy, rollback). A scenario's test file
+subclasses E2ESuite with its application's facts and how its database page is written to.
+
+The tests run in file order and build on each other: the first ones look at what
+converge made (version 1.0.0); then version 2.0.0 (new requirements) is deployed and rolled
+back; then a release whose health check fails is deployed and reverted automatically. Each
+leaves version 1.0.0 current, as converge made it."""
+import hashlib
+import json
+import os
+import re
+import shlex
+import uuid
+
+from hostcheck import http
+
+DIST = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", ""), "dist")
+
+
+def release_id(archive):
+    """The id the playbooks give a release: the first 12 hex characters of its sha256."""
+    with open(os.path.join(DIST, archive), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+class E2ESuite:
+    APP = ""            # app_name
+    HOSTNAME = ""       # first of app_server_name
+    EXAMPLE = ""        # django or flask: the dist archives' prefix
+    TITLE = ""          # text of the home page
+    HEALTH = ""         # app_health_path
+    STATIC_HREF = ""    # regex of the stylesheet's URL in the home page
+    SERVER = ""         # gunicorn or uwsgi
+    SECRETS = ()        # values of app_env (and passwords) that must never be logged
+
+    # How the scenario's database page is written to and read: subclasses implement.
+    def write_entry(self, host, text):
+        raise NotImplementedError
+
+    def read_entries(self, host):
+        raise NotImplementedError
+
+    # Helpers
+    def get(self, host, path, *curl_args):
+        return http(host, path, *curl_args, hostname=self.HOSTNAME)
+
+    def version(self, host):
+        status, _, body = self.get(host, "/")
+        assert status == 200, body[-2000:]
+        return re.search(r"Version ([0-9A-Za-z.+-]+)", body).group(1)
+
+    def current(self, host):
+        return os.path.basename(host.file("/srv/%s/current" % self.APP).linked_to)
+
+    def releases(self, host):
+        return sorted(n for n in host.file("/srv/%s/releases" % self.APP).listdir() if not n.startswith("."))
+
+    def venvs(self, host):
+        return sorted(n for n in host.file("/srv/%s/venvs" % self.APP).listdir() if not n.startswith("."))
+
+    def archive(self, version):
+        return os.path.join(DIST, "%s-%s.tar.gz" % (self.EXAMPLE, version))
+
+    # What converge made
+    def test_home_page_is_served_through_nginx(self, host):
+        status, headers, body = self.get(host, "/")
+        assert status == 200
+        assert headers["server"].startswith("nginx")
+        assert self.TITLE in body
+        assert "Version 1.0.0" in body
+        assert self.current(host) == release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
+
+    def test_unknown_host_names_get_no_answer(self, host):
+        cmd = host.run("curl -sS -o /dev/null -H 'Host: other.test' http://127.0.0.1/")
+        assert cmd.rc in (52, 56), cmd.stdout  # nginx closed the connection (444)
+
+    def test_health_reports_the_release_and_its_database(self, host):
+        status, headers, body = self.get(host, self.HEALTH)
+        assert status == 200
+        assert headers["content-type"].startswith("application/json")
+        assert json.loads(body) == {"status": "ok", "version": "1.0.0", "database": "ok"}
+
+    def test_a_static_asset_comes_from_disk_with_its_type(self, host):
+        _, _, body = self.get(host, "/")
+        href = re.search(self.STATIC_HREF, body).group(1)
+        status, headers, css = self.get(host, href)
+        assert status == 200
+        assert headers["content-type"] == "text/css"
+        assert "max-age=" in headers["cache-control"]  # nginx's expires, not the app
+        assert "{" in css
+        # nginx read it from the current release; nothing reached the app server.
+        log = host.file("/var/log/nginx/%s.access.log" % self.APP).content_string
+        assert href in log
+        server_log = host.run("cat /var/log/%s/*.log" % self.APP).stdout
+        assert href not in server_log
+
+    def test_the_database_page_writes_and_reads(self, host):
+        text = "e2e entry %s" % uuid.uuid4().hex[:8]
+        self.write_entry(host, text)
+        assert text in self.read_entries(host)
+        # The database lives in shared/, outside every release, owned by the app user.
+        data = host.file("/srv/%s/shared/data" % self.APP)
+        assert data.user == self.APP
+        assert any(n.endswith(".sqlite3") for n in data.listdir())
+
+    def test_the_app_server_runs_as_the_application_user(self, host):
+        master = int(host.check_output("supervisorctl pid %s" % self.APP))
+        assert master > 0
+        assert host.check_output("ps -o user= -p %d" % master) == self.APP
+        assert self.SERVER in host.check_output("ps -o args= -p %d" % master)
+        workers = host.check_output("ps -o user= --ppid %d" % master).split()
+        assert workers and set(workers) == {self.APP}
+        assert host.user(self.APP).shell == "/usr/sbin/nologin"
+
+    def test_the_environment_file_is_private_to_the_application(self, host):
+        env = host.file("/srv/%s/shared/.env" % self.APP)
+        assert (env.user, env.group, env.mode) == ("root", self.APP, 0o640)
+        assert all(secret in env.content_string for secret in self.SECRETS[:1])
+
+    def test_a_rerun_changes_nothing_and_logs_no_secret(self, play):
+        result = play("converge.yml")
+        assert not result.failed, result
+        assert result.stats["changed"] == 0, result
+        for secret in self.SECRETS:
+            assert secret not in result.output
+
+    def test_bad_input_fails_before_any_change(self, host, play):
+        before = self.current(host)
+        cases = [
+            (dict(app_server="apache"), "app_server"),
+            (dict(app_wsgi="mysite/wsgi.py"), "app_wsgi must be module:callable"),
+            (dict(app_artifact="/nonexistent/release.tar.gz"), "is not a file on the controller"),
+            (dict(app_artifact_checksum="0" * 64), "as app_artifact_checksum says"),
+            (dict(app_sever="uwsgi"), "app_sever"),  # a misspelt variable is not ignored
+        ]
+        for extra, message in cases:
+            result = play("converge.yml", **extra)
+            assert result.failed, (extra, result)
+            assert message in result.output, (extra, result)
+            assert result.stats.get("changed", 0) == 0, (extra, result)
+        assert self.current(host) == before
+
+    # Later releases
+    def test_a_second_version_is_served_and_rollback_brings_back_the_first(self, host, play):
+        first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
+        second = release_id("%s-2.0.0.tar.gz" % self.EXAMPLE)
+        text = "kept across releases %s" % uuid.uuid4().hex[:8]
+        self.write_entry(host, text)
+
+        result = play("deploy.yml", app_artifact=self.archive("2.0.0"))
+        assert not result.failed, result
+        assert self.version(host) == "2.0.0"
+        assert self.current(host) == second
+        assert self.releases(host) == sorted([first, second])  # the previous release is kept
+        assert len(self.venvs(host)) == 2  # new requirements, new virtualenv; the old one kept
+        assert text in self.read_entries(host)
+        self.check_second_deploy(host, result)
+
+        result = play("rollback.yml")
+        assert not result.failed, result
+        assert self.version(host) == "1.0.0"
+        assert self.current(host) == first
+        assert text in self.read_entries(host)
+        assert result.task("Find the virtualenv of release")["changed"] is False  # reused
+
+    def check_second_deploy(self, host, result):
+        """Scenario-specific checks of the deploy of version 2.0.0."""
+
+    def test_an_unhealthy_release_is_reverted_automatically(self, host, play):
+        first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
+        bad = release_id("%s-3.0.0.tar.gz" % self.EXAMPLE)
+        result = play("deploy.yml", app_artifact=self.archive("3.0.0"), app_health_retries=3, app_health_delay=1)
+        assert result.failed, result
+        assert "Release %s of %s failed" % (bad, self.APP) in result.output
+        assert "Check the application's health through nginx" in result.output
+        assert "HTTP 503" in result.output or "HTTP 500" in result.output
+        assert "Reverted: release %s is current and serving again and passed its health check" % first in result.output
+        assert self.current(host) == first
+        assert self.version(host) == "1.0.0"
+        status, _, _ = self.get(host, self.HEALTH)
+        assert status == 200

@@ -1,0 +1,73 @@
+"""The example Django project, deployed by site.yml: gunicorn behind nginx on Debian 12."""
+import re
+import shlex
+
+from e2e import E2ESuite
+
+JAR = "/root/e2e-cookies.txt"
+ADMIN_PASSWORD = "e2e-admin-Vb7nM3kQ"
+
+
+def csrf_token(body):
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body).group(1)
+
+
+class TestDjangoGunicorn(E2ESuite):
+    APP = "mysite"
+    HOSTNAME = "mysite.test"
+    EXAMPLE = "django"
+    TITLE = "pydeploy demo: Django"
+    HEALTH = "/health/"
+    # ManifestStaticFilesStorage: the stylesheet's name carries its content hash.
+    STATIC_HREF = r'href="(/static/guestbook/site\.[0-9a-f]{12}\.css)"'
+    SERVER = "gunicorn"
+    SECRETS = ("e2e-secret-Zq8vX2mKp4rT9wYb6nC3hJ7dF5gL1sA0eU8iO2yR4tW6qE9", ADMIN_PASSWORD)
+
+    def form(self, host, path, fields):
+        """GET a form with a fresh cookie jar, POST it back with Django's CSRF token."""
+        host.run("rm -f %s" % JAR)
+        status, _, body = self.get(host, path, "-c", JAR)
+        assert status == 200, body[-2000:]
+        data = []
+        for name, value in [("csrfmiddlewaretoken", csrf_token(body))] + list(fields.items()):
+            data += ["--data-urlencode", "%s=%s" % (name, value)]
+        return self.get(host, path, "-b", JAR, "-c", JAR, *data)
+
+    def write_entry(self, host, text):
+        status, headers, body = self.form(host, "/guestbook/", {"name": "e2e", "message": text})
+        assert status in (302, 303), body[-2000:]
+        assert headers["location"].endswith("/guestbook/")
+
+    def read_entries(self, host):
+        status, _, body = self.get(host, "/guestbook/")
+        assert status == 200
+        return body
+
+    def test_the_admin_login_page_is_served(self, host):
+        status, _, body = self.get(host, "/admin/login/")
+        assert status == 200
+        assert "Django administration" in body and 'name="username"' in body
+
+    def test_the_admin_account_can_log_in(self, host):
+        status, headers, _ = self.form(host, "/admin/login/?next=/admin/",
+                                       {"username": "admin", "password": ADMIN_PASSWORD, "next": "/admin/"})
+        assert status == 302 and headers["location"] == "/admin/"
+        status, _, body = self.get(host, "/admin/", "-b", JAR)
+        assert status == 200 and "Site administration" in body
+
+    def test_debug_is_off_in_production(self, host):
+        status, _, body = self.get(host, "/no-such-page/")
+        assert status == 404
+        assert "Traceback" not in body and "URLconf" not in body
+
+    def check_second_deploy(self, host, result):
+        # The database was migrated by converge; version 2.0.0 brings no migration, and
+        # the deploy applied none (the schema is migrated once, not once per deploy).
+        migrate = result.task("Apply the migrations")
+        assert migrate["changed"] is False
+        query = ("import sqlite3; print(sqlite3.connect('/srv/mysite/shared/data/db.sqlite3')"
+                 ".execute(\"select count(*) from django_migrations where app='guestbook'\").fetchone()[0])")
+        rows = host.check_output("python3 -c %s" % shlex.quote(query))
+        assert rows == "1"
+        # The deploy gate ran against the new release before the switch.
+        assert result.task("Check the deployment settings")["changed"] is False

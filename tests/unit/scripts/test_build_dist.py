@@ -1,0 +1,287 @@
+"""scripts/build-dist: the example apps' release archives. The script has no .py suffix,
+so it is loaded from its path; the command line is run as a subprocess."""
+import gzip
+import hashlib
+import importlib.machinery
+import importlib.util
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+SCRIPT = os.path.join(ROOT, "scripts", "build-dist")
+
+
+def load_script():
+    loader = importlib.machinery.SourceFileLoader("build_dist", SCRIPT)
+    spec = importlib.util.spec_from_loader("build_dist", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+bd = load_script()
+
+
+@pytest.fixture(autouse=True)
+def no_source_date_epoch(monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+def members(path):
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def read_member(path, name):
+    with tarfile.open(path) as tar:
+        return tar.extractfile(name).read()
+
+
+@pytest.fixture
+def flask_copy(tmp_path):
+    """A copy of examples/flask with the local state a developer's checkout gathers."""
+    src = tmp_path / "src" / "flask"
+    shutil.copytree(os.path.join(ROOT, "examples", "flask"), src,
+                    ignore=shutil.ignore_patterns("__pycache__", "data"))
+    for d in ("__pycache__", "hello/__pycache__", "data", "staticfiles", "media",
+              ".pytest_cache/v", "tests/__pycache__", "hello.egg-info"):
+        (src / d).mkdir(parents=True, exist_ok=True)
+    (src / "hello" / "__pycache__" / "views.cpython-311.pyc").write_bytes(b"\0compiled")
+    (src / "hello" / "stray.pyc").write_bytes(b"\0compiled")
+    (src / "data" / "notes.sqlite3").write_bytes(b"SQLite format 3\0")
+    (src / "db.sqlite3").write_bytes(b"SQLite format 3\0")
+    (src / "staticfiles" / "style.css").write_text("body {}\n")
+    (src / ".pytest_cache" / "v" / "lastfailed").write_text("{}\n")
+    (src / "tests" / "__pycache__" / "test_app.cpython-311-pytest.pyc").write_bytes(b"\0")
+    (src / ".env").write_text("FLASK_SECRET_KEY=local\n")
+    (src / "VERSION").write_text("0.0.1-source\n")
+    return src
+
+
+@pytest.mark.parametrize("app", ["django", "flask"])
+def test_same_inputs_give_the_same_bytes(tmp_path, app):
+    one, _ = bd.build(app, "1.2.3", str(tmp_path / "one"))
+    two, _ = bd.build(app, "1.2.3", str(tmp_path / "two"))
+    with open(one, "rb") as a, open(two, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_local_state_does_not_change_the_bytes(tmp_path, flask_copy):
+    """Caches, databases and collected static files of a working copy leave the
+    archive as it is in a clean checkout."""
+    clean, _ = bd.build("flask", "1.2.3", str(tmp_path / "clean"))
+    dirty, _ = bd.build("flask", "1.2.3", str(tmp_path / "dirty"), source_dir=str(flask_copy))
+    with open(clean, "rb") as a, open(dirty, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_one_top_level_directory(tmp_path):
+    path, _ = bd.build("django", "1.2.3", str(tmp_path))
+    assert os.path.basename(path) == "django-1.2.3.tar.gz"
+    names = [m.name for m in members(path)]
+    assert names[0] == "django-1.2.3"
+    assert all(n == "django-1.2.3" or n.startswith("django-1.2.3/") for n in names)
+    assert "django-1.2.3/manage.py" in names
+    assert "django-1.2.3/mysite/wsgi.py" in names
+    assert "django-1.2.3/guestbook/migrations/0001_initial.py" in names
+
+
+def test_members_are_sorted_and_normalised(tmp_path):
+    path, _ = bd.build("django", "1.2.3", str(tmp_path))
+    ms = members(path)
+    names = [m.name for m in ms]
+    assert names == sorted(names, key=lambda n: n.split("/"))
+    # Every directory comes before its contents.
+    seen = set()
+    for m in ms:
+        parent = m.name.rpartition("/")[0]
+        assert not parent or parent in seen
+        seen.add(m.name)
+    for m in ms:
+        assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "root", "root")
+        assert m.mtime == bd.DEFAULT_MTIME
+        assert m.isdir() or m.isfile()
+        if m.isdir():
+            assert m.mode == 0o755
+    modes = {m.name: m.mode for m in ms}
+    assert modes["django-1.2.3/manage.py"] == 0o755
+    assert modes["django-1.2.3/mysite/settings.py"] == 0o644
+
+
+def test_source_date_epoch_sets_the_mtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    path, _ = bd.build("flask", "1.2.3", str(tmp_path))
+    assert {m.mtime for m in members(path)} == {1700000000}
+
+
+def test_gzip_header_has_no_time_and_no_name(tmp_path):
+    path, _ = bd.build("flask", "1.2.3", str(tmp_path))
+    with open(path, "rb") as f:
+        header = f.read(10)
+    assert header[:3] == b"\x1f\x8b\x08"
+    assert header[3] & 0x08 == 0  # FNAME flag
+    assert header[4:8] == b"\0\0\0\0"  # MTIME
+
+
+def test_version_file_is_generated(tmp_path, flask_copy):
+    path, _ = bd.build("flask", "4.5.6", str(tmp_path), source_dir=str(flask_copy))
+    assert read_member(path, "flask-4.5.6/VERSION") == b"4.5.6\n"
+    # The source's VERSION (0.0.1-source) is not packed a second time.
+    assert [m.name for m in members(path)].count("flask-4.5.6/VERSION") == 1
+
+
+def test_exclusions(tmp_path, flask_copy):
+    path, _ = bd.build("flask", "1.2.3", str(tmp_path), source_dir=str(flask_copy))
+    names = [m.name[len("flask-1.2.3/"):] for m in members(path) if "/" in m.name]
+    for name in names:
+        parts = name.split("/")
+        assert "__pycache__" not in parts
+        assert ".pytest_cache" not in parts
+        assert not name.endswith((".pyc", ".sqlite3"))
+        assert not name.endswith(".egg-info")
+        assert parts[0] not in ("data", "staticfiles", "media", ".env")
+    assert "hello/__init__.py" in names
+    assert "hello/static/style.css" in names
+    assert "tests/test_app.py" in names
+
+
+def test_symlinks_are_refused(tmp_path, flask_copy):
+    os.symlink("__init__.py", flask_copy / "hello" / "alias.py")
+    with pytest.raises(bd.BuildError, match="symbolic link"):
+        bd.build("flask", "1.2.3", str(tmp_path / "out"), source_dir=str(flask_copy))
+
+
+def test_a_data_link_is_left_out(tmp_path, flask_copy):
+    """A working copy laid out like a server release (data -> shared/data) packs."""
+    shutil.rmtree(flask_copy / "data")
+    os.symlink(str(tmp_path), flask_copy / "data")
+    path, _ = bd.build("flask", "1.2.3", str(tmp_path / "out"), source_dir=str(flask_copy))
+    assert not any(m.name.startswith("flask-1.2.3/data") for m in members(path))
+
+
+def test_sha256_file(tmp_path):
+    path, digest = bd.build("flask", "1.2.3", str(tmp_path))
+    with open(path, "rb") as f:
+        assert digest == hashlib.sha256(f.read()).hexdigest()
+    with open(path + ".sha256") as f:
+        assert f.read() == "%s  flask-1.2.3.tar.gz\n" % digest
+    if shutil.which("sha256sum"):
+        subprocess.run(["sha256sum", "--check", "--quiet", "flask-1.2.3.tar.gz.sha256"],
+                       cwd=str(tmp_path), check=True)
+
+
+def test_versions_give_different_archives(tmp_path):
+    _, one = bd.build("flask", "1.0.0", str(tmp_path))
+    _, two = bd.build("flask", "2.0.0", str(tmp_path))
+    assert one != two
+
+
+def test_newdeps_variant_adds_a_requirement(tmp_path):
+    plain, _ = bd.build("django", "1.0.0", str(tmp_path / "plain"))
+    newdeps, _ = bd.build("django", "2.0.0", str(tmp_path / "newdeps"), variant="newdeps")
+    before = read_member(plain, "django-1.0.0/requirements.txt").decode()
+    after = read_member(newdeps, "django-2.0.0/requirements.txt").decode()
+    assert after.startswith(before)
+    added = [line for line in after[len(before):].splitlines() if line and not line.startswith("#")]
+    assert added == ["six==1.16.0"]
+
+    def other_files(path, top):
+        return {m.name[len(top):]: read_member(path, m.name) for m in members(path)
+                if m.isfile() and m.name not in (top + "requirements.txt", top + "VERSION")}
+
+    # Nothing else differs.
+    assert other_files(plain, "django-1.0.0/") == other_files(newdeps, "django-2.0.0/")
+
+
+@pytest.mark.parametrize("app", ["django", "flask"])
+def test_unhealthy_variant_adds_the_marker_and_nothing_else(tmp_path, app):
+    plain, _ = bd.build(app, "1.0.0", str(tmp_path / "plain"))
+    bad, _ = bd.build(app, "1.0.0", str(tmp_path / "bad"), variant="unhealthy")
+    top = "%s-1.0.0/" % app
+    assert b"unhealthy" in read_member(bad, top + "UNHEALTHY")
+    names = {m.name for m in members(bad)} - {m.name for m in members(plain)}
+    assert names == {top + "UNHEALTHY"}
+
+
+def test_greeting_variant_changes_nothing_but_the_version(tmp_path):
+    plain, _ = bd.build("flask", "1.0.0", str(tmp_path / "plain"))
+    greeting, _ = bd.build("flask", "1.0.0", str(tmp_path / "greeting"), variant="greeting")
+    with open(plain, "rb") as a, open(greeting, "rb") as b:
+        assert a.read() == b.read()
+
+
+@pytest.mark.parametrize("version", ["", "../1", "1.0/2", "-rc1", "1 0", "v" * 65])
+def test_bad_versions_are_refused(tmp_path, version):
+    with pytest.raises(bd.BuildError, match="version"):
+        bd.build("flask", version, str(tmp_path))
+    assert not os.listdir(str(tmp_path))
+
+
+def test_command_line_builds_all(tmp_path):
+    out = tmp_path / "dist"
+    result = subprocess.run([sys.executable, SCRIPT, "--out", str(out), "--version", "3.0.0", "all"],
+                            capture_output=True, text=True, check=True)
+    assert sorted(os.listdir(str(out))) == [
+        "django-3.0.0.tar.gz", "django-3.0.0.tar.gz.sha256",
+        "flask-3.0.0.tar.gz", "flask-3.0.0.tar.gz.sha256",
+    ]
+    # Each line: the checksum, two spaces, the archive written.
+    for line, app in zip(result.stdout.splitlines(), ("django", "flask")):
+        digest, path = line.split("  ")
+        assert path == str(out / ("%s-3.0.0.tar.gz" % app))
+        with open(path + ".sha256") as f:
+            assert f.read().split()[0] == digest
+
+
+def test_command_line_default_version(tmp_path):
+    with open(os.path.join(ROOT, "examples", "flask", "VERSION")) as f:
+        version = f.read().strip()
+    subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path), "flask"],
+                   capture_output=True, check=True)
+    path = tmp_path / ("flask-%s.tar.gz" % version)
+    assert read_member(str(path), "flask-%s/VERSION" % version) == ("%s\n" % version).encode()
+
+
+def test_command_line_errors(tmp_path):
+    result = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path), "--version", "../x", "flask"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("build-dist: ")
+    result = subprocess.run([sys.executable, SCRIPT, "--variant", "nope", "flask"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+
+
+def test_help_documents_the_variants():
+    result = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, check=True)
+    assert "newdeps" in result.stdout and "six==1.16.0" in result.stdout
+    assert "greeting" in result.stdout
+
+
+def test_script_is_executable():
+    assert os.access(SCRIPT, os.X_OK)
+    with open(SCRIPT) as f:
+        assert f.readline() == "#!/usr/bin/env python3\n"
+
+
+def test_archive_extracts_with_the_tar_data_filter(tmp_path):
+    """What the release module's unpack applies where Python has it."""
+    if not hasattr(tarfile, "data_filter"):
+        pytest.skip("tarfile has no data_filter on this Python")
+    path, _ = bd.build("django", "1.2.3", str(tmp_path))
+    with tarfile.open(path) as tar:
+        tar.extractall(str(tmp_path / "x"), filter="data")
+    assert (tmp_path / "x" / "django-1.2.3" / "VERSION").read_text() == "1.2.3\n"
+
+
+def test_gzip_stream_round_trips(tmp_path):
+    data = bd.tar_bytes("t", {"a/b.txt": b"hello\n"}, set(), 0)
+    assert gzip.decompress(bd.gzip_bytes(data)) == data
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.getnames() == ["t", "t/a", "t/a/b.txt"]
