@@ -1,0 +1,32 @@
+"""The example Flask app, deployed by site.yml: uWSGI behind nginx on Debian 13."""
+from e2e import E2ESuite
+
+
+class TestFlaskUwsgi(E2ESuite):
+    APP = "hello"
+    HOSTNAME = "hello.test"
+    EXAMPLE = "flask"
+    TITLE = "pydeploy demo: Flask"
+    HEALTH = "/health"
+    STATIC_HREF = r'href="(/static/style\.css)"'
+    SERVER = "uwsgi"
+    SECRETS = ("e2e-flask-secret-Hk3mP9qW2xZ7vB5nC8tY4rL6",)
+
+    def write_entry(self, host, text):
+        status, headers, body = self.get(host, "/notes", "--data-urlencode", "text=%s" % text)
+        assert status == 303, body[-2000:]
+        assert headers["location"].endswith("/notes")
+
+    def read_entries(self, host):
+        status, _, body = self.get(host, "/notes")
+        assert status == 200
+        return body
+
+    def test_an_empty_note_is_refused(self, host):
+        status, _, _ = self.get(host, "/notes", "--data-urlencode", "text=")
+        assert status == 400
+
+    def test_the_app_server_speaks_the_uwsgi_protocol_to_nginx(self, host):
+        site = host.file("/etc/nginx/sites-available/hello.conf").content_string
+        assert "uwsgi_pass" in site and "proxy_pass" not in site
+        assert host.socket("unix:///run/hello/uwsgi.sock").is_listening
