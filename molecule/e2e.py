@@ -168,6 +168,17 @@ class E2ESuite:
     def check_second_deploy(self, host, result):
         """Scenario-specific checks of the deploy of version 2.0.0."""
 
+    def test_a_failure_before_the_switch_leaves_the_running_release_serving(self, host, play):
+        first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
+        master = host.check_output("supervisorctl pid %s" % self.APP)
+        result = play("deploy.yml", app_artifact=self.archive("2.0.0"), app_requirements="no-such-requirements.txt")
+        assert result.failed, result
+        assert "virtualenv_requirements /srv/%s/releases/%s/no-such-requirements.txt does not exist" % (
+            self.APP, release_id("%s-2.0.0.tar.gz" % self.EXAMPLE)) in result.output
+        assert self.current(host) == first
+        assert host.check_output("supervisorctl pid %s" % self.APP) == master  # not restarted
+        assert self.version(host) == "1.0.0"
+
     def test_an_unhealthy_release_is_reverted_automatically(self, host, play):
         first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
         bad = release_id("%s-3.0.0.tar.gz" % self.EXAMPLE)
