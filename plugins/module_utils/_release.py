@@ -12,6 +12,7 @@ Host layout under an application root:
     shared/                 paths linked into every release (media, .env, data)
     current -> releases/<id>
     .pydeploy/history.jsonl append-only record of unpacks, switches, rollbacks, prunes
+                            and failure marks
     .pydeploy/lock          held (flock) by the run that changes the root
 """
 
@@ -37,6 +38,8 @@ MANIFEST = "RELEASE.json"
 RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
+# History events whose `release` decides whether that release counts as failed.
+MARKING_EVENTS = ("unpacked", "activated", "rolled_back", "failed")
 
 
 class ReleaseError(Exception):
@@ -359,33 +362,54 @@ class Root:
         known = sorted((r for r in present if r in first), key=lambda r: first[r])
         return unknown + known
 
+    @staticmethod
+    def failed(history):
+        """Releases that count as failed: among the events naming a release in
+        `release` (unpacked, activated, rolled_back, failed), the latest one is
+        `failed`. Activating it again, rolling back to it or unpacking it again
+        (after a prune) clears the mark. Present on disk or not."""
+        latest = {}
+        for e in history:
+            rid = e.get("release")
+            if rid and isinstance(rid, str) and e.get("event") in MARKING_EVENTS:
+                latest[rid] = e["event"]
+        return {rid for rid, event in latest.items() if event == "failed"}
+
     def rollback_target(self, current, history=None):
         """The newest release activated before `current` that was not itself rolled
-        back from, and is still on disk."""
+        back from, does not count as failed, and is still on disk."""
         history = self.history() if history is None else history
-        activated, failed = [], set()
+        activated, rolled_back_from = [], set()
         for e in history:
             rid = e.get("release")
             if e.get("event") in ("activated", "rolled_back") and rid and rid not in activated:
                 activated.append(rid)
             if e.get("event") == "rolled_back" and e.get("previous"):
-                failed.add(e["previous"])
+                rolled_back_from.add(e["previous"])
+        failed = self.failed(history)
         present = set(self.present())
         order = activated + [r for r in self.ordered(history) if r not in activated]
         if current in order:
             order = order[:order.index(current)]
         for rid in reversed(order):
-            if rid != current and rid in present and rid not in failed:
+            if rid != current and rid in present and rid not in rolled_back_from and rid not in failed:
                 return rid
         return None
 
     def to_prune(self, keep, current, history=None):
+        """Releases to remove, in this order: every release that counts as failed
+        (except the current one), then the oldest of the others beyond `keep`
+        (counting the current one). The current release and the rollback target
+        are never returned."""
         history = self.history() if history is None else history
         ordered = self.ordered(history)
+        failed = self.failed(history)
+        doomed_failed = [r for r in ordered if r in failed and r != current]
+        remaining = [r for r in ordered if r not in doomed_failed]
         protected = {current, self.rollback_target(current, history)}
-        candidates = [r for r in ordered if r not in protected]
-        excess = len(ordered) - keep
-        return candidates[:max(0, excess)] if excess > 0 else []
+        candidates = [r for r in remaining if r not in protected]
+        excess = len(remaining) - keep
+        return doomed_failed + (candidates[:excess] if excess > 0 else [])
 
     def leftovers(self):
         try:
@@ -395,6 +419,13 @@ class Root:
         return [n for n in names if n.startswith(".") and (n.endswith(".partial") or n.endswith(".deleting"))]
 
     # writing ----------------------------------------------------------------
+
+    def ensure_state_dir(self):
+        """Only what the history and the lock need (for marking a release failed)."""
+        if not os.path.isdir(self.path):
+            os.makedirs(self.path, 0o755)
+        if not os.path.isdir(self.state_dir):
+            os.makedirs(self.state_dir, 0o755)
 
     def ensure_layout(self):
         for d in (self.path, self.releases_dir, self.shared_dir):

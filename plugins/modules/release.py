@@ -29,9 +29,14 @@ description:
     and the reason.
   - C(current) is switched atomically (a new symlink renamed over the old one), so it is
     never missing and never points at an incomplete release.
-  - Every unpack, switch, rollback and prune is appended to C(.pydeploy/history.jsonl).
-    Pruning and rollback follow the deploy order recorded there, never file times; the
-    current release and the rollback target are never pruned.
+  - Every unpack, switch, rollback, prune and failure mark is appended to
+    C(.pydeploy/history.jsonl). Pruning and rollback follow the deploy order recorded there,
+    never file times; the current release and the rollback target are never pruned.
+  - A release marked with O(state=failed) (it failed its gate before the switch or its
+    verification after it) is never a rollback target and is removed at the next prune
+    (O(state=active) or O(state=pruned)), whatever O(keep_releases), unless it is the current
+    release. Activating it again, rolling back to it by name, or unpacking it again after it
+    was pruned clears the mark.
   - A lock (C(.pydeploy/lock)) keeps two runs off one root; the second fails at once,
     naming the holder (pid, host, start time). The kernel drops the lock of a run that
     died, and the next run takes it over with a warning.
@@ -50,10 +55,16 @@ options:
       - V(unpacked) unpacks the release when it is not present yet and leaves C(current) alone.
       - V(rollback) switches C(current) to O(release_id) when given, else to the previous successful
         release, the newest one activated before the current one that was not itself rolled back from.
-      - V(pruned) removes old releases beyond O(keep_releases) and leftover partial directories.
+      - V(pruned) removes releases marked failed (except the current one), old releases beyond
+        O(keep_releases) and leftover partial directories.
+      - V(failed) marks O(release_id) (or the release of O(checksum)) as failed, with O(reason), in the
+        history, and changes nothing else (C(current) is left alone, nothing is unpacked or pruned). The
+        release need not be present (its unpack may have failed). A release already counting as failed
+        is left alone (no change). A failed release is never a rollback target and is removed at the
+        next prune.
       - V(query) changes nothing and reports the state of the root.
     type: str
-    choices: [active, unpacked, rollback, pruned, query]
+    choices: [active, unpacked, rollback, pruned, failed, query]
     default: active
   src:
     description:
@@ -72,11 +83,19 @@ options:
       - Defaults to the first 12 hex characters of O(checksum), so that every host of a deploy
         agrees on it without extra variables.
       - With O(state=rollback), the release to roll back to.
+      - With O(state=failed), the release to mark failed (O(release_id) or O(checksum) is required).
+    type: str
+  reason:
+    description:
+      - Why the release failed, for example C(migrations failed) or C(health check after the switch
+        failed); recorded in the history event of O(state=failed).
+      - Only meaningful with O(state=failed); ignored otherwise.
     type: str
   keep_releases:
     description:
       - How many releases O(state=active) and O(state=pruned) keep, counting the current one.
-        The rollback target is kept in any case.
+        The rollback target is kept in any case. Releases marked failed (other than the current
+        one) are removed in any case and do not count.
     type: int
     default: 5
   shared_paths:
@@ -115,7 +134,9 @@ options:
 attributes:
   check_mode:
     support: full
-    details: The checksum of O(src) is verified (it only reads); nothing is written and no lock is taken.
+    details:
+      - The checksum of O(src) is verified (it only reads); nothing is written and no lock is taken.
+      - With O(state=failed), reports whether the mark would be recorded, without recording it.
   diff_mode:
     support: full
     details: Shows the target of C(current) and the list of releases before and after.
@@ -166,6 +187,13 @@ EXAMPLES = r"""
     state: rollback
     release_id: 2c26b46b68ff
 
+- name: Mark the release that failed its health check; it is removed at the next prune
+  pydeploy.web.release:
+    root: /srv/mysite
+    state: failed
+    release_id: 9f86d081884c
+    reason: health check through nginx failed after the switch
+
 - name: What is live, and what would a rollback go to?
   pydeploy.web.release:
     root: /srv/mysite
@@ -175,7 +203,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 release_id:
-  description: The release this task unpacked, switched to or rolled back to; for V(query) and V(pruned), the current one.
+  description:
+    - The release this task unpacked, switched to, rolled back to or marked failed; for V(query) and V(pruned),
+      the current one.
   returned: always
   type: str
   sample: 9f86d081884c
@@ -210,8 +240,16 @@ releases:
   type: list
   elements: str
   sample: [2c26b46b68ff, 9f86d081884c]
+failed_releases:
+  description:
+    - Releases present on disk that count as failed after the task (in check mode, as they would), oldest
+      first in deploy order. Only the current release can remain here after a prune.
+  returned: always
+  type: list
+  elements: str
+  sample: [9f86d081884c]
 pruned:
-  description: Releases removed (in check mode, that would be removed).
+  description: Releases removed (in check mode, that would be removed), those marked failed first.
   returned: always
   type: list
   elements: str
@@ -394,6 +432,12 @@ class Release:
                 self.switch(self.release_id, before, "activated")
                 current = self.release_id
                 result["switched"] = True
+        elif state == "failed":
+            if not self.release_id:
+                raise ReleaseError("state=failed needs release_id (or checksum) of the release to mark failed")
+            if self.release_id not in self.root.failed(self.history):
+                self.note("failed", release=self.release_id, reason=p["reason"] or "")
+                result["changed"] = True
         elif state == "rollback":
             if before is None:
                 raise ReleaseError("%s has no current release to roll back from" % self.root.path)
@@ -431,6 +475,7 @@ class Release:
             current=current,
             rollback_target=self.root.rollback_target(current, self.history) if current else None,
             releases=releases,
+            failed_releases=[r for r in releases if r in self.root.failed(self.history)],
             release_present=bool(self.release_id) and self.present(self.release_id),
         )
         if self.release_id:
@@ -445,10 +490,12 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", required=True),
-            state=dict(type="str", default="active", choices=["active", "unpacked", "rollback", "pruned", "query"]),
+            state=dict(type="str", default="active",
+                       choices=["active", "unpacked", "rollback", "pruned", "failed", "query"]),
             src=dict(type="path"),
             checksum=dict(type="str"),
             release_id=dict(type="str"),
+            reason=dict(type="str"),
             keep_releases=dict(type="int", default=5),
             shared_paths=dict(type="list", elements="str", default=[]),
             strip_components=dict(type="int", default=0),
@@ -471,7 +518,10 @@ def main():
     try:
         release = Release(module)
         if p["state"] != "query" and not module.check_mode:
-            release.root.ensure_layout()
+            if p["state"] == "failed":
+                release.root.ensure_state_dir()  # the history and the lock, nothing else
+            else:
+                release.root.ensure_layout()
             lock = RootLock(os.path.join(release.root.state_dir, "lock")).acquire()
             if lock.stale:
                 module.warn("took over the lock %s left by pid %s on %s (started %s), which is no longer running"

@@ -265,6 +265,7 @@ def test_one_release_id_for_two_archives_is_refused(run_module, site, tmp_path):
     (dict(state="active"), "needs checksum"),
     (dict(state="rollback"), "has no current release to roll back from"),
     (dict(keep_releases=0), "keep_releases must be at least 1"),
+    (dict(state="failed", reason="gate"), "state=failed needs release_id (or checksum)"),
 ])
 def test_bad_input_fails_with_a_clear_message(run_module, site, args, message):
     root, _ = site
@@ -431,6 +432,232 @@ def test_current_that_is_a_directory_is_not_clobbered(run_module, site, tmp_path
     result, failed = deploy(run_module, root, app_archive(tmp_path, "1"))
     assert failed and "is not a symlink" in result["msg"]
     assert (root / "current" / "precious").read_text() == "x"
+
+
+# ------------------------------------------------------------------ failure marks
+
+def history_of(root):
+    return [json.loads(line) for line in (root / ".pydeploy" / "history.jsonl").read_text().splitlines()]
+
+
+def mark_failed(run_module, root, rid=None, check_mode=False, **kw):
+    args = dict(root=str(root), state="failed", **kw)
+    if rid is not None:
+        args["release_id"] = rid
+    result, failed = run_module(release.main, args, check_mode=check_mode)
+    assert not failed, result["msg"]
+    return result
+
+
+def without_history(snap, root):
+    return {k: v for k, v in snap.items() if k != str(root / ".pydeploy" / "history.jsonl")}
+
+
+def test_marking_a_release_failed_records_the_reason_and_changes_nothing_else(run_module, site, tmp_path):
+    root, sandbox = site
+    a, b = deploy_versions(run_module, root, tmp_path, ["1", "2"])
+    v3 = app_archive(tmp_path, "3")
+    c = deploy(run_module, root, v3, state="unpacked")[0]["release_id"]
+    before = snapshot(sandbox)
+    result = mark_failed(run_module, root, c, reason="migrations failed")
+    assert result["changed"] and not result["switched"] and not result["unpacked"] and result["pruned"] == []
+    assert result["release_id"] == c and result["release_present"] and result["manifest"]["id"] == c
+    assert (result["previous"], result["current"], result["rollback_target"]) == (b, b, a)
+    assert result["releases"] == [a, b, c] and result["failed_releases"] == [c]
+    event = history_of(root)[-1]
+    assert (event["event"], event["release"], event["reason"]) == ("failed", c, "migrations failed")
+    assert event["time"].endswith("Z") and event["user"]
+    # Only the history grew: current, the releases and shared/ are as they were.
+    assert without_history(snapshot(sandbox), root) == without_history(before, root)
+    assert os.readlink(root / "current") == "releases/" + b
+
+
+def test_marking_twice_changes_nothing_the_second_time(run_module, site, tmp_path):
+    root, _ = site
+    a, b = deploy_versions(run_module, root, tmp_path, ["1", "2"])
+    assert mark_failed(run_module, root, b, reason="health check failed")["changed"]
+    again = mark_failed(run_module, root, b, reason="another reason")
+    assert again["changed"] is False and again["failed_releases"] == [b]
+    events = [e for e in history_of(root) if e["event"] == "failed"]
+    assert len(events) == 1 and events[0]["reason"] == "health check failed"
+
+
+def test_marking_by_checksum_without_a_reason(run_module, site, tmp_path):
+    root, _ = site
+    deploy_versions(run_module, root, tmp_path, ["1"])
+    v2 = app_archive(tmp_path, "2")
+    deploy(run_module, root, v2, state="unpacked")
+    result = mark_failed(run_module, root, checksum=v2[1])
+    assert result["changed"] and result["release_id"] == v2[1][:12] and result["failed_releases"] == [v2[1][:12]]
+    assert history_of(root)[-1] == dict(history_of(root)[-1], event="failed", release=v2[1][:12], reason="")
+
+
+def test_a_release_that_is_not_present_can_be_marked(run_module, site, tmp_path):
+    root, _ = site
+    (a,) = deploy_versions(run_module, root, tmp_path, ["1"])
+    result = mark_failed(run_module, root, "0123456789ab", reason="unpack failed")
+    assert result["changed"] and result["release_present"] is False and "manifest" not in result
+    assert result["failed_releases"] == [] and result["current"] == a and result["releases"] == [a]
+    assert history_of(root)[-1]["release"] == "0123456789ab"
+    assert mark_failed(run_module, root, "0123456789ab")["changed"] is False
+
+
+def test_marking_on_a_fresh_root_writes_only_the_history(run_module, site):
+    root, _ = site
+    result = mark_failed(run_module, root, "v1", reason="unpack failed")
+    assert result["changed"] and result["current"] is None and result["releases"] == []
+    assert sorted(os.listdir(root)) == [".pydeploy"]
+    assert [e["event"] for e in history_of(root)] == ["failed"]
+
+
+def test_marking_in_check_mode_reports_and_appends_nothing(run_module, site, tmp_path):
+    root, sandbox = site
+    a, b = deploy_versions(run_module, root, tmp_path, ["1", "2"])
+    before = snapshot(sandbox)
+    result = mark_failed(run_module, root, b, check_mode=True, reason="health check failed")
+    assert result["changed"] and result["failed_releases"] == [b] and result["rollback_target"] == a
+    assert snapshot(sandbox) == before
+    mark_failed(run_module, root, b, reason="health check failed")
+    again = mark_failed(run_module, root, b, check_mode=True)
+    assert again["changed"] is False and again["failed_releases"] == [b]
+
+
+def test_marking_takes_the_lock(run_module, site, tmp_path):
+    root, _ = site
+    (a,) = deploy_versions(run_module, root, tmp_path, ["1"])
+    holder = open(root / ".pydeploy" / "lock", "r+")
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write(json.dumps(dict(pid=4242, host="web1", started="2026-11-20T10:00:00Z")))
+    holder.flush()
+    try:
+        result, failed = run_module(release.main, dict(root=str(root), state="failed", release_id=a))
+    finally:
+        holder.close()
+    assert failed and "pid 4242 on host web1" in result["msg"]
+    assert [e["event"] for e in history_of(root)] == ["unpacked", "activated"]
+
+
+def test_a_failed_release_is_never_the_rollback_target(run_module, site, tmp_path):
+    root, _ = site
+    a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"], keep_releases=10)
+    assert mark_failed(run_module, root, b, reason="bad")["rollback_target"] == a
+    result, failed = run_module(release.main, dict(root=str(root), state="rollback"))
+    assert not failed and (result["previous"], result["current"]) == (c, a)
+
+
+def test_failed_after_the_switch_then_rollback_then_prune(run_module, site, tmp_path):
+    """The deploy playbook's path: c is live, fails its verification, is marked and
+    rolled back from; the next prune removes it however many releases are kept."""
+    root, _ = site
+    a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"], keep_releases=10)
+    marked = mark_failed(run_module, root, c, reason="verification failed")
+    assert marked["current"] == c and marked["failed_releases"] == [c] and marked["rollback_target"] == b
+    # The current release is never pruned, failed or not.
+    kept, _ = run_module(release.main, dict(root=str(root), state="pruned", keep_releases=10))
+    assert kept["pruned"] == [] and kept["failed_releases"] == [c] and c in os.listdir(root / "releases")
+    back, failed = run_module(release.main, dict(root=str(root), state="rollback"))
+    assert not failed and back["current"] == b and back["failed_releases"] == [c]
+    assert back["rollback_target"] == a
+    pruned, failed = run_module(release.main, dict(root=str(root), state="pruned", keep_releases=10))
+    assert not failed and pruned["pruned"] == [c] and pruned["changed"]
+    assert pruned["releases"] == [a, b] and pruned["failed_releases"] == []
+    assert sorted(os.listdir(root / "releases")) == sorted([a, b])
+    assert history_of(root)[-1]["event"] == "pruned" and history_of(root)[-1]["releases"] == [c]
+
+
+def test_active_prunes_a_release_that_failed_its_gate(run_module, site, tmp_path):
+    root, _ = site
+    a, b = deploy_versions(run_module, root, tmp_path, ["1", "2"], keep_releases=10)
+    v3 = app_archive(tmp_path, "3")
+    c = deploy(run_module, root, v3, state="unpacked")[0]["release_id"]
+    mark_failed(run_module, root, c, reason="django check failed")
+    result, failed = deploy(run_module, root, app_archive(tmp_path, "4"), keep_releases=10)
+    assert not failed, result["msg"]
+    d = result["release_id"]
+    assert result["pruned"] == [c] and result["releases"] == [a, b, d] and result["failed_releases"] == []
+    assert sorted(os.listdir(root / "releases")) == sorted([a, b, d])
+
+
+def test_failed_releases_are_pruned_first_then_the_oldest_beyond_keep(run_module, site, tmp_path):
+    root, _ = site
+    a, b, c, d, e = deploy_versions(run_module, root, tmp_path, ["1", "2", "3", "4", "5"], keep_releases=10)
+    mark_failed(run_module, root, c)
+    # Of a, b, d, e (c does not count), keep 3: a goes; d is the rollback target, e current.
+    result, failed = run_module(release.main, dict(root=str(root), state="pruned", keep_releases=3))
+    assert not failed and result["pruned"] == [c, a] and result["releases"] == [b, d, e]
+    assert result["rollback_target"] == d
+
+
+def test_to_prune_never_returns_current_or_the_rollback_target(tmp_path):
+    root = _release.Root(str(tmp_path / "app"))
+    root.ensure_layout()
+    for rid in ("a", "b", "c"):
+        os.mkdir(root.release_path(rid))
+        _release.write_manifest(root.release_path(rid), dict(id=rid))
+    history = [dict(event="activated", release=r) for r in ("a", "b", "c")]
+    history += [dict(event="failed", release="c"), dict(event="failed", release="b")]
+    assert root.rollback_target("c", history) == "a"
+    assert root.to_prune(1, "c", history) == ["b"]
+    assert root.to_prune(5, "c", history) == ["b"]
+
+
+def test_activating_a_failed_release_again_clears_the_mark(run_module, site, tmp_path):
+    root, _ = site
+    a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"], keep_releases=10)
+    mark_failed(run_module, root, b, reason="flaky check")
+    result, failed = run_module(release.main, dict(root=str(root), release_id=b, keep_releases=10))
+    assert not failed and result["switched"] and result["current"] == b
+    assert result["pruned"] == [] and result["failed_releases"] == []
+    assert b not in _release.Root(str(root)).failed(history_of(root))
+    assert mark_failed(run_module, root, b)["changed"], "the mark can be set again"
+
+
+def test_rolling_back_to_a_failed_release_clears_the_mark(run_module, site, tmp_path):
+    root, _ = site
+    a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"], keep_releases=10)
+    mark_failed(run_module, root, b)
+    result, failed = run_module(release.main, dict(root=str(root), state="rollback", release_id=b))
+    assert not failed and result["current"] == b and result["failed_releases"] == []
+    assert result["rollback_target"] == a
+    pruned, _ = run_module(release.main, dict(root=str(root), state="pruned", keep_releases=10))
+    assert pruned["pruned"] == []
+
+
+def test_unpacking_a_pruned_failed_release_again_clears_the_mark(run_module, site, tmp_path):
+    root, _ = site
+    deploy_versions(run_module, root, tmp_path, ["1"])
+    v2 = app_archive(tmp_path, "2")
+    rid = deploy(run_module, root, v2, state="unpacked")[0]["release_id"]
+    mark_failed(run_module, root, rid)
+    assert run_module(release.main, dict(root=str(root), state="pruned"))[0]["pruned"] == [rid]
+    result, failed = deploy(run_module, root, v2, state="unpacked")
+    assert not failed and result["unpacked"] and result["failed_releases"] == []
+    assert run_module(release.main, dict(root=str(root), state="pruned"))[0]["pruned"] == []
+
+
+def test_failed_counts_only_the_latest_event_naming_the_release():
+    history = [
+        dict(event="unpacked", release="a"), dict(event="activated", release="a", previous=None),
+        dict(event="unpacked", release="b"), dict(event="failed", release="b", reason="gate"),
+        # Naming b as `previous`, in a prune or in another kind of event does not clear its mark.
+        dict(event="activated", release="c", previous="b"), dict(event="pruned", releases=["b"]),
+        dict(event="verified", release="b"),
+        dict(event="failed", release="c", reason=""), dict(event="rolled_back", release="a", previous="c"),
+        dict(event="failed", release="d"), dict(event="unpacked", release="d"),
+        dict(event="failed", release="a"), dict(event="activated", release="a"),
+    ]
+    assert _release.Root.failed(history) == {"b", "c"}
+    assert _release.Root.failed([]) == set()
+
+
+def test_failed_releases_is_always_returned(run_module, site, tmp_path):
+    root, _ = site
+    (a,) = deploy_versions(run_module, root, tmp_path, ["1"])
+    query, _ = run_module(release.main, dict(root=str(root), state="query"))
+    assert query["failed_releases"] == []
+    mark_failed(run_module, root, a)
+    query, _ = run_module(release.main, dict(root=str(root), state="query"))
+    assert query["failed_releases"] == [a] and query["changed"] is False
 
 
 # --------------------------------------------------------------------- the lock
