@@ -112,5 +112,12 @@ class HealthTests(TestCase):
         self.assertEqual(response.status_code, 503)
         self.assertEqual(response.json()["database"], "error")
 
+    @override_settings(APP_UNHEALTHY=True)
+    def test_health_fails_in_an_unhealthy_release(self):
+        # A release built with scripts/build-dist --variant unhealthy.
+        response = self.client.get("/health/")
+        self.assertEqual(response.status_code, 500)
+        self.assertEqual(response.json(), {"status": "unhealthy", "version": "9.8.7-test", "database": "ok"})
+
     def test_health_refuses_post(self):
         self.assertEqual(self.client.post("/health/").status_code, 405)

@@ -55,8 +55,8 @@ def entries(request):
 @never_cache
 @require_safe
 def health(request):
-    """200 when the database answers, 503 when it does not; for load balancers and the
-    deployer's health-gated switch."""
+    """200 when the database answers, 503 when it does not (500 in a release built with
+    --variant unhealthy); for load balancers and the deployer's health-gated switch."""
     database, status = "ok", 200
     try:
         with connection.cursor() as cursor:
@@ -68,6 +68,7 @@ def health(request):
     body = {"status": "ok" if status == 200 else "error", "version": settings.APP_VERSION, "database": database}
     if settings.APP_UNHEALTHY:
         # A release built with `scripts/build-dist --variant unhealthy`: a drill for the
-        # deployer's automatic revert.
-        body["status"], status = "unhealthy", 503
+        # deployer's automatic revert. 500 Internal Server Error, what an application
+        # broken by a release typically answers.
+        body["status"], status = "unhealthy", 500
     return JsonResponse(body, status=status)

@@ -61,7 +61,7 @@ def read_version(path):
 # Read once at startup; the home page and /health/ show it.
 APP_VERSION = read_version(BASE_DIR / "VERSION")
 # A release that holds an UNHEALTHY file (scripts/build-dist --variant unhealthy) fails its
-# health check on purpose.
+# health check on purpose: /health/ answers 500.
 APP_UNHEALTHY = (BASE_DIR / "UNHEALTHY").exists()
 
 DEBUG = env_bool("DJANGO_DEBUG")

@@ -65,7 +65,7 @@ def create_app(test_config=None):
         DATA_DIR=os.environ.get("APP_DATA_DIR") or str(BASE_DIR / "data"),
         VERSION=read_version(BASE_DIR / "VERSION"),
         # A release holding an UNHEALTHY file (scripts/build-dist --variant unhealthy)
-        # fails its health check on purpose.
+        # fails its health check on purpose: /health answers 500.
         UNHEALTHY=(BASE_DIR / "UNHEALTHY").exists(),
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         SESSION_COOKIE_SAMESITE="Lax",

@@ -53,8 +53,8 @@ def notes():
 
 @bp.get("/health")
 def health():
-    """200 when the database answers, 503 when it does not; for load balancers and the
-    deployer's health-gated switch."""
+    """200 when the database answers, 503 when it does not (500 in a release built with
+    --variant unhealthy); for load balancers and the deployer's health-gated switch."""
     database, status = "ok", 200
     try:
         get_db().execute("SELECT 1").fetchone()
@@ -64,8 +64,9 @@ def health():
     state = "ok" if status == 200 else "error"
     if current_app.config["UNHEALTHY"]:
         # A release built with `scripts/build-dist --variant unhealthy`: a drill for the
-        # deployer's automatic revert.
-        state, status = "unhealthy", 503
+        # deployer's automatic revert. 500 Internal Server Error, what an application
+        # broken by a release typically answers.
+        state, status = "unhealthy", 500
     response = jsonify(
         status=state,
         version=current_app.config["VERSION"],

@@ -80,6 +80,14 @@ def test_health_reports_a_database_error(tmp_path):
     assert response.get_json()["database"] == "error"
 
 
+def test_health_fails_in_an_unhealthy_release(tmp_path):
+    # A release built with scripts/build-dist --variant unhealthy.
+    app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path), "VERSION": "9.8.7-test", "UNHEALTHY": True})
+    response = app.test_client().get("/health")
+    assert response.status_code == 500
+    assert response.get_json() == {"status": "unhealthy", "version": "9.8.7-test", "database": "ok"}
+
+
 def test_configuration_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("FLASK_SECRET_KEY", "k" * 50)
     monkeypatch.setenv("APP_DATA_DIR", str(tmp_path))

@@ -1,5 +1,6 @@
 """scripts/build-dist: the example apps' release archives. The script has no .py suffix,
 so it is loaded from its path; the command line is run as a subprocess."""
+import ast
 import gzip
 import hashlib
 import importlib.machinery
@@ -41,6 +42,20 @@ def members(path):
 def read_member(path, name):
     with tarfile.open(path) as tar:
         return tar.extractfile(name).read()
+
+
+def files_of(path):
+    """{path below the top directory: bytes} of the archive's files, VERSION left out."""
+    with tarfile.open(path) as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers()
+                if m.isfile() and not m.name.endswith("/VERSION")}
+
+
+def copy_example(tmp_path, app):
+    src = tmp_path / "src" / app
+    shutil.copytree(os.path.join(ROOT, "examples", app), src,
+                    ignore=shutil.ignore_patterns("__pycache__", "data", "staticfiles"))
+    return src
 
 
 @pytest.fixture
@@ -204,9 +219,136 @@ def test_unhealthy_variant_adds_the_marker_and_nothing_else(tmp_path, app):
     plain, _ = bd.build(app, "1.0.0", str(tmp_path / "plain"))
     bad, _ = bd.build(app, "1.0.0", str(tmp_path / "bad"), variant="unhealthy")
     top = "%s-1.0.0/" % app
-    assert b"unhealthy" in read_member(bad, top + "UNHEALTHY")
+    marker = read_member(bad, top + "UNHEALTHY")
+    assert b"unhealthy" in marker and b"answers 500" in marker
     names = {m.name for m in members(bad)} - {m.name for m in members(plain)}
     assert names == {top + "UNHEALTHY"}
+
+
+@pytest.mark.parametrize("app, variant", [
+    ("django", "newdeps"), ("flask", "newdeps"), ("django", "unhealthy"), ("flask", "unhealthy"),
+    ("django", "importfail"), ("flask", "importfail"), ("django", "migrationfail"),
+])
+def test_variant_builds_are_reproducible(tmp_path, app, variant):
+    one, _ = bd.build(app, "2.0.0", str(tmp_path / "one"), variant=variant)
+    two, _ = bd.build(app, "2.0.0", str(tmp_path / "two"), variant=variant)
+    plain, _ = bd.build(app, "2.0.0", str(tmp_path / "plain"))
+    with open(one, "rb") as a, open(two, "rb") as b, open(plain, "rb") as c:
+        data = a.read()
+        assert data == b.read()
+        assert data != c.read()
+
+
+def test_importfail_variant_django_wsgi_raises_on_import(tmp_path):
+    plain, _ = bd.build("django", "1.0.0", str(tmp_path / "plain"))
+    bad, _ = bd.build("django", "1.0.0", str(tmp_path / "bad"), variant="importfail")
+    before, after = files_of(plain), files_of(bad)
+    # Only the WSGI module changes: manage.py (migrate, collectstatic, check --deploy)
+    # never imports it.
+    assert set(before) == set(after)
+    assert [rel for rel in before if before[rel] != after[rel]] == ["mysite/wsgi.py"]
+    source = after["mysite/wsgi.py"].decode()
+    message = "variant importfail: mysite.wsgi refuses to import (a drill for the deployer's import check)"
+    assert 'raise RuntimeError("%s")' % message in source
+    # A module-level raise, before the application is created.
+    body = ast.parse(source).body
+    raises = [i for i, node in enumerate(body) if isinstance(node, ast.Raise)]
+    assigns = [i for i, node in enumerate(body) if isinstance(node, ast.Assign)
+               and [t.id for t in node.targets] == ["application"]]
+    assert len(raises) == 1 and len(assigns) == 1 and raises[0] < assigns[0]
+    assert ast.literal_eval(body[raises[0]].exc.args[0]) == message
+    # Nothing else in the app names the WSGI module but the settings, as a string.
+    for rel, data in after.items():
+        if rel.endswith(".py") and rel != "mysite/wsgi.py":
+            assert b"import wsgi" not in data and b"mysite.wsgi import" not in data
+            assert b"import mysite.wsgi" not in data
+
+
+def test_importfail_variant_flask_factory_raises(tmp_path):
+    plain, _ = bd.build("flask", "1.0.0", str(tmp_path / "plain"))
+    bad, _ = bd.build("flask", "1.0.0", str(tmp_path / "bad"), variant="importfail")
+    before, after = files_of(plain), files_of(bad)
+    assert set(before) == set(after)
+    assert [rel for rel in before if before[rel] != after[rel]] == ["hello/__init__.py"]
+    tree = ast.parse(after["hello/__init__.py"].decode())
+    (factory,) = [node for node in tree.body
+                  if isinstance(node, ast.FunctionDef) and node.name == "create_app"]
+    # The docstring, then the raise: calling the factory fails before anything else.
+    assert isinstance(factory.body[0], ast.Expr) and isinstance(factory.body[0].value, ast.Constant)
+    raise_ = factory.body[1]
+    assert isinstance(raise_, ast.Raise)
+    assert raise_.exc.func.id == "RuntimeError"
+    assert ast.literal_eval(raise_.exc.args[0]).startswith("variant importfail: hello.create_app() ")
+
+
+def test_migrationfail_variant_adds_a_failing_migration(tmp_path):
+    plain, _ = bd.build("django", "1.0.0", str(tmp_path / "plain"))
+    bad, _ = bd.build("django", "1.0.0", str(tmp_path / "bad"), variant="migrationfail")
+    before, after = files_of(plain), files_of(bad)
+    added = "guestbook/migrations/0002_migrationfail.py"
+    assert set(after) - set(before) == {added}
+    assert {rel: after[rel] for rel in before} == before  # everything else unchanged
+    # It follows the app's only other migration.
+    assert sorted(rel for rel in after if rel.startswith("guestbook/migrations/")) == [
+        "guestbook/migrations/0001_initial.py", added, "guestbook/migrations/__init__.py"]
+    source = after[added].decode()
+    tree = ast.parse(source)
+    (migration,) = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert migration.name == "Migration"
+    fields = {t.id: node.value for node in migration.body if isinstance(node, ast.Assign)
+              for t in node.targets}
+    assert ast.literal_eval(fields["dependencies"]) == [("guestbook", "0001_initial")]
+    (operation,) = fields["operations"].elts
+    assert ast.unparse(operation) == "migrations.RunPython(fail, reverse_code=migrations.RunPython.noop)"
+    (fail,) = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert fail.name == "fail" and [a.arg for a in fail.args.args] == ["apps", "schema_editor"]
+    assert isinstance(fail.body[0], ast.Raise) and fail.body[0].exc.func.id == "RuntimeError"
+    assert ast.literal_eval(fail.body[0].exc.args[0]) == (
+        "variant migrationfail: this migration fails on purpose (a drill for the deployer's migration gate)")
+
+
+def test_migrationfail_variant_needs_a_django_app(tmp_path):
+    with pytest.raises(bd.BuildError, match="variant migrationfail needs a Django app"):
+        bd.build("flask", "1.0.0", str(tmp_path / "out"), variant="migrationfail")
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_refuses_a_variant_for_all_before_writing(tmp_path):
+    out = tmp_path / "dist"
+    result = subprocess.run([sys.executable, SCRIPT, "--out", str(out), "--version", "3.0.0",
+                             "--variant", "migrationfail", "all"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == "build-dist: variant migrationfail needs a Django app\n"
+    assert not out.exists()  # not even the django archive
+
+
+@pytest.mark.parametrize("app, rel", [("django", "mysite/wsgi.py"), ("flask", "hello/__init__.py")])
+@pytest.mark.parametrize("times", [0, 2])
+def test_importfail_variant_refuses_a_missing_or_repeated_anchor(tmp_path, app, rel, times):
+    """An edit of the example that moves the anchor stops the build rather than let the
+    variant build a release that works."""
+    src = copy_example(tmp_path, app)
+    path, anchor, _ = bd.IMPORTFAIL_RAISE[app]
+    assert path == rel
+    source = (src / rel).read_text()
+    assert source.count(anchor) == 1
+    (src / rel).write_text(source.replace(anchor, "\n" if times == 0 else anchor + anchor))
+    expected = "variant importfail: %s holds .* %d times, not once" % (rel, times)
+    with pytest.raises(bd.BuildError, match=expected):
+        bd.build(app, "1.0.0", str(tmp_path / "out"), variant="importfail", source_dir=str(src))
+    assert not (tmp_path / "out").exists()
+
+
+def test_migrationfail_variant_refuses_a_later_migration(tmp_path):
+    src = copy_example(tmp_path, "django")
+    (src / "guestbook" / "migrations" / "0002_entry_email.py").write_text("# another migration\n")
+    with pytest.raises(bd.BuildError, match="0001_initial.py is not the latest migration"):
+        bd.build("django", "1.0.0", str(tmp_path / "out"), variant="migrationfail", source_dir=str(src))
+    (src / "guestbook" / "migrations" / "0002_entry_email.py").unlink()
+    migrations = src / "guestbook" / "migrations"
+    (migrations / "0001_initial.py").rename(migrations / "0001_first.py")
+    with pytest.raises(bd.BuildError, match="the app has no guestbook/migrations/0001_initial.py"):
+        bd.build("django", "1.0.0", str(tmp_path / "out"), variant="migrationfail", source_dir=str(src))
 
 
 def test_greeting_variant_changes_nothing_but_the_version(tmp_path):
@@ -261,7 +403,9 @@ def test_command_line_errors(tmp_path):
 def test_help_documents_the_variants():
     result = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, check=True)
     assert "newdeps" in result.stdout and "six==1.16.0" in result.stdout
-    assert "greeting" in result.stdout
+    for name in bd.VARIANTS:
+        assert "\n  %s " % name in result.stdout
+    assert "health check answers 500" in " ".join(result.stdout.split())
 
 
 def test_script_is_executable():
