@@ -47,19 +47,28 @@ class PlayResult:
 
 @pytest.fixture
 def play(host):
-    """play(playbook, **extra_vars): run a playbook of this scenario against this host."""
+    """play(playbook, **extra_vars): run a playbook of this scenario against this host;
+    play.spawn(playbook, **extra_vars) starts it without waiting."""
     scenario_dir = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
     name = host.backend.get_hostname()
 
-    def run(playbook="converge.yml", **extra_vars):
-        env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
-        argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", name,
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
+
+    def argv(playbook, extra_vars):
+        args = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", name,
                 os.path.join(scenario_dir, playbook)]
-        if extra_vars:
-            argv += ["-e", json.dumps(extra_vars)]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        return args + (["-e", json.dumps(extra_vars)] if extra_vars else [])
+
+    def run(playbook="converge.yml", **extra_vars):
+        proc = subprocess.run(argv(playbook, extra_vars), env=env, capture_output=True, text=True, timeout=900)
         return PlayResult(proc, name)
 
+    def spawn(playbook="converge.yml", **extra_vars):
+        """Start the playbook and return its Popen, in a process group of its own (to kill)."""
+        return subprocess.Popen(argv(playbook, extra_vars), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    run.spawn = spawn
     return run
 
 
@@ -69,3 +78,4 @@ def restore(play):
     yield
     result = play()
     assert not result.failed, result
+

@@ -4,7 +4,7 @@ subclasses E2ESuite with its application's facts and how its database page is wr
 
 The tests run in file order and build on each other: the first ones look at what
 converge made (version 1.0.0); then version 2.0.0 (new requirements) is deployed and rolled
-back; then a release whose health check fails is deployed and reverted automatically. Each
+back; then releases that fail before and after the switch are refused or reverted. Each
 leaves version 1.0.0 current, as converge made it."""
 import hashlib
 import json
@@ -56,6 +56,14 @@ class E2ESuite:
     def releases(self, host):
         return sorted(n for n in host.file("/srv/%s/releases" % self.APP).listdir() if not n.startswith("."))
 
+    def live_program(self, host):
+        """The supervisor program serving: <app>-blue or <app>-green, by current's socket link."""
+        socket = host.file("/srv/%s/current/.pydeploy.sock" % self.APP).linked_to
+        return "%s-%s" % (self.APP, os.path.basename(socket).rsplit(".", 1)[0])
+
+    def pid(self, host, program=None):
+        return int(host.check_output("supervisorctl pid %s" % (program or self.live_program(host))))
+
     def venvs(self, host):
         return sorted(n for n in host.file("/srv/%s/venvs" % self.APP).listdir() if not n.startswith("."))
 
@@ -105,7 +113,7 @@ class E2ESuite:
         assert any(n.endswith(".sqlite3") for n in data.listdir())
 
     def test_the_app_server_runs_as_the_application_user(self, host):
-        master = int(host.check_output("supervisorctl pid %s" % self.APP))
+        master = self.pid(host)
         assert master > 0
         assert host.check_output("ps -o user= -p %d" % master) == self.APP
         assert self.SERVER in host.check_output("ps -o args= -p %d" % master).lower()
@@ -170,25 +178,49 @@ class E2ESuite:
 
     def test_a_failure_before_the_switch_leaves_the_running_release_serving(self, host, play):
         first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
-        master = host.check_output("supervisorctl pid %s" % self.APP)
+        master = self.pid(host)
         result = play("deploy.yml", app_artifact=self.archive("2.0.0"), app_requirements="no-such-requirements.txt")
         assert result.failed, result
         assert "virtualenv_requirements /srv/%s/releases/%s/no-such-requirements.txt does not exist" % (
             self.APP, release_id("%s-2.0.0.tar.gz" % self.EXAMPLE)) in result.output
         assert self.current(host) == first
-        assert host.check_output("supervisorctl pid %s" % self.APP) == master  # not restarted
+        assert self.pid(host) == master  # not restarted
         assert self.version(host) == "1.0.0"
+        assert "Nothing was switched: release %s is still serving." % first in result.output
 
-    def test_an_unhealthy_release_is_reverted_automatically(self, host, play):
+    def test_an_unhealthy_release_never_goes_live(self, host, play):
         first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
         bad = release_id("%s-3.0.0.tar.gz" % self.EXAMPLE)
+        program, master = self.live_program(host), self.pid(host)
         result = play("deploy.yml", app_artifact=self.archive("3.0.0"), app_health_retries=3, app_health_delay=1)
         assert result.failed, result
-        assert "Release %s of %s failed" % (bad, self.APP) in result.output
-        assert "Check the application's health through nginx" in result.output
-        assert "HTTP 503" in result.output or "HTTP 500" in result.output
-        assert "Reverted: release %s is current and serving again and passed its health check" % first in result.output
+        # It started on the idle instance, and its probe on its own socket refused it.
+        assert ("Release %s of %s failed on %s at Probe the new instance on its socket before any traffic "
+                "reaches it: GET %s on unix socket" % (bad, self.APP, host.backend.get_hostname(), self.HEALTH)
+                in result.output), result
+        assert "last answer HTTP 500" in result.output
+        assert "Nothing was switched: release %s is still serving." % first in result.output
         assert self.current(host) == first
+        assert (self.live_program(host), self.pid(host)) == (program, master)
         assert self.version(host) == "1.0.0"
         status, _, _ = self.get(host, self.HEALTH)
         assert status == 200
+
+    def test_a_failure_after_the_switch_goes_back_to_the_instance_still_running(self, host, play):
+        first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
+        second = release_id("%s-2.0.0.tar.gz" % self.EXAMPLE)
+        program, master = self.live_program(host), self.pid(host)
+        # nginx -t refuses this, after current was switched to the new release.
+        result = play("deploy.yml", app_artifact=self.archive("2.0.0"), nginx_client_max_body_size="1 0m")
+        assert result.failed, result
+        assert "Release %s of %s failed" % (second, self.APP) in result.output
+        assert "at Fail with the message of nginx -t: nginx rejected the new configuration" in result.output
+        assert ("Reverted: release %s is current and serving again (its instance was still running) and "
+                "passed its health check." % first) in result.output
+        assert "Release %s is marked failed" % second in result.output
+        assert self.current(host) == first
+        # The old instance served on, never restarted; the new one was stopped.
+        assert (self.live_program(host), self.pid(host)) == (program, master)
+        other = program[:-4] + "green" if program.endswith("blue") else program[:-5] + "blue"
+        assert "STOPPED" in host.run("supervisorctl status %s" % other).stdout
+        assert self.version(host) == "1.0.0"

@@ -28,3 +28,37 @@ def seen(host, path="/", *curl_args):
 def as_demo(host, command):
     """Run a shell command as the application user demo."""
     return host.run("sudo -u demo -- sh -c %s" % shlex.quote(command))
+
+
+class ProbeLoop:
+    """Requests through nginx one after another, from inside the host, for as long as the
+    `with` block runs (a playbook, say), then the status of each: 000 for no answer. The
+    loop stops by itself after `limit` seconds."""
+
+    LOG = "/tmp/probe-loop.log"
+    STOP = "/tmp/probe-loop.stop"
+    DONE = "/tmp/probe-loop.done"
+
+    def __init__(self, host, paths, hostname, limit=900):
+        self.host, self.paths, self.hostname, self.limit = host, paths, hostname, limit
+        self.results = []
+
+    def __enter__(self):
+        requests = " ".join(
+            "curl -s -o /dev/null -m 10 -w '%%{http_code} %s\\n' -H %s %s >> %s;" % (
+                path, shlex.quote("Host: " + self.hostname), shlex.quote("http://127.0.0.1" + path), self.LOG)
+            for path in self.paths)
+        loop = ("end=$(( $(date +%%s) + %d )); while [ ! -e %s ] && [ $(date +%%s) -lt $end ]; do %s done; touch %s"
+                % (self.limit, self.STOP, requests, self.DONE))
+        self.host.run("rm -f %s %s %s" % (self.LOG, self.STOP, self.DONE))
+        self.host.run("setsid nohup sh -c %s >/dev/null 2>&1 </dev/null &" % shlex.quote(loop))
+        return self
+
+    def __exit__(self, *exc):
+        self.host.run("touch %s; for i in $(seq 150); do [ -e %s ] && break; sleep 0.2; done" % (self.STOP, self.DONE))
+        log = self.host.run("cat %s" % self.LOG).stdout
+        self.results = [tuple(line.split(" ", 1)) for line in log.splitlines() if line.strip()]
+        return False
+
+    def failures(self):
+        return [r for r in self.results if r[0] != "200"]

@@ -1,0 +1,179 @@
+"""Zero downtime, as a client sees it: requests through nginx, from inside the host, one
+after another for as long as a deploy runs (hostcheck.ProbeLoop), must all answer 200,
+whether the release is good, bad, or the deploy is killed halfway. Runs after the
+end-to-end story (test_e2e_django_gunicorn.py), which leaves version 1.0.0 current."""
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from e2e import DIST, release_id
+from hostcheck import ProbeLoop, http
+
+APP = "mysite"
+HOSTNAME = "mysite.test"
+ROOT = "/srv/mysite"
+# A stylesheet name (hashed, as ManifestStaticFilesStorage makes them) that only the
+# release being replaced has: its pages ask for it during and after the switch.
+OLD_ONLY_ASSET = "guestbook/site.0123456789ab.css"
+
+
+def archive(version):
+    return os.path.join(DIST, "django-%s.tar.gz" % version)
+
+
+def rid(version):
+    return release_id("django-%s.tar.gz" % version)
+
+
+def current(host):
+    return os.path.basename(host.file("%s/current" % ROOT).linked_to)
+
+
+def live_program(host):
+    socket = host.file("%s/current/.pydeploy.sock" % ROOT).linked_to
+    return "%s-%s" % (APP, os.path.basename(socket).rsplit(".", 1)[0])
+
+
+def status_of(host, program):
+    return (host.run("supervisorctl status %s" % program).stdout.split() + ["", ""])[1]
+
+
+def version(host):
+    status, _, body = http(host, "/health/", hostname=HOSTNAME)
+    assert status == 200, body
+    return json.loads(body)["version"]
+
+
+def releases(host):
+    return sorted(n for n in host.file("%s/releases" % ROOT).listdir() if not n.startswith("."))
+
+
+def failed_releases(host):
+    """Releases on the host whose last event in the history is "failed" (the release
+    module's rule), with the reason recorded."""
+    last = {}
+    for line in host.file("%s/.pydeploy/history.jsonl" % ROOT).content_string.splitlines():
+        event = json.loads(line)
+        if event.get("event") in ("unpacked", "activated", "rolled_back", "failed") and event.get("release"):
+            last[event["release"]] = event
+    present = set(releases(host))
+    return {r: e.get("reason", "") for r, e in last.items() if e["event"] == "failed" and r in present}
+
+
+def deploy_under_probe(host, play, version, paths=("/",), **extra):
+    with ProbeLoop(host, list(paths), HOSTNAME) as loop:
+        result = play("deploy.yml", app_artifact=archive(version), **extra)
+    return result, loop
+
+
+def other(program):
+    return program[:-4] + "green" if program.endswith("-blue") else program[:-5] + "blue"
+
+
+def test_a_deploy_with_new_requirements_drops_no_request(host, play):
+    assert current(host) == rid("1.0.0")
+    asset = host.file("%s/releases/%s/staticfiles/%s" % (ROOT, rid("1.0.0"), OLD_ONLY_ASSET))
+    host.run("printf 'body { color: black; }\\n' > %s" % asset.path)
+    before = live_program(host)
+
+    result, loop = deploy_under_probe(host, play, "2.0.0", paths=("/", "/static/" + OLD_ONLY_ASSET))
+    assert not result.failed, result
+    assert len(loop.results) >= 20, loop.results  # the loop ran through the deploy
+    assert loop.failures() == [], loop.failures()[:20]
+
+    assert version(host) == "2.0.0"
+    # The other instance serves; the one that served was stopped after it drained.
+    assert live_program(host) == other(before)
+    assert status_of(host, before) == "STOPPED"
+    assert status_of(host, live_program(host)) == "RUNNING"
+    # The new release lacks the old page's stylesheet; nginx still finds it, in the
+    # release the stopped instance ran.
+    assert not host.file("%s/current/staticfiles/%s" % (ROOT, OLD_ONLY_ASSET)).exists
+    status, headers, _ = http(host, "/static/" + OLD_ONLY_ASSET, hostname=HOSTNAME)
+    assert status == 200 and headers["content-type"] == "text/css"
+    status, _, _ = http(host, "/static/guestbook/site.ffffffffffff.css", hostname=HOSTNAME)
+    assert status == 404
+
+
+@pytest.mark.parametrize("bad, cause", [
+    ("4.0.0", "variant importfail: mysite.wsgi refuses to import"),
+    ("5.0.0", "this migration fails on purpose"),
+    ("3.0.0", "did not answer 200 within 13 s"),
+], ids=["import-raises", "migration-fails", "health-500"])
+def test_a_bad_release_never_goes_live(host, play, bad, cause):
+    serving, program = current(host), live_program(host)
+    master = host.check_output("supervisorctl pid %s" % program)
+
+    result, loop = deploy_under_probe(host, play, bad, app_health_retries=3, app_health_delay=1)
+    assert result.failed, result
+    assert "Release %s of %s failed on" % (rid(bad), APP) in result.output
+    assert cause in result.output, result
+    assert "Nothing was switched: release %s is still serving." % serving in result.output
+    assert "Release %s is marked failed" % rid(bad) in result.output
+    assert len(loop.results) >= 10, loop.results
+    assert loop.failures() == [], loop.failures()[:20]
+
+    assert current(host) == serving
+    assert host.check_output("supervisorctl pid %s" % program) == master  # untouched
+    assert status_of(host, other(program)) != "RUNNING"  # the bad release does not linger
+    assert cause in failed_releases(host)[rid(bad)]
+
+
+def test_failed_releases_are_removed_by_the_next_deploy(host, play):
+    bad = {rid(v) for v in ("3.0.0", "4.0.0", "5.0.0")}
+    assert bad <= set(failed_releases(host))
+    assert bad <= set(releases(host))  # unpacked, kept until a deploy succeeds
+
+    result, loop = deploy_under_probe(host, play, "1.0.0")
+    assert not result.failed, result
+    assert loop.failures() == [], loop.failures()[:20]
+    assert version(host) == "1.0.0"
+    assert not bad & set(releases(host))
+    assert failed_releases(host) == {}
+
+
+def wait_for(predicate, seconds=300):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("moment", ["new-instance-running", "current-switched"])
+def test_an_interrupted_deploy_leaves_current_serving_and_the_next_run_converges(host, play, moment):
+    start = current(host)
+    target = "2.0.0" if start == rid("1.0.0") else "1.0.0"
+    idle = other(live_program(host))
+
+    with ProbeLoop(host, ["/"], HOSTNAME) as loop:
+        proc = play.spawn("deploy.yml", app_artifact=archive(target))
+        try:
+            if moment == "new-instance-running":
+                reached = wait_for(lambda: status_of(host, idle) == "RUNNING")
+            else:
+                reached = wait_for(lambda: current(host) == rid(target))
+            assert reached, "the deploy never got to %s" % moment
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # ansible-playbook and its workers, at once
+            proc.wait()
+        time.sleep(2)  # what was running on the host when the controller died ends
+    assert loop.failures() == [], loop.failures()[:20]
+
+    # current names a complete release, and that release is what answers.
+    now = current(host)
+    assert host.file("%s/releases/%s/RELEASE.json" % (ROOT, now)).exists
+    assert rid(version(host)) == now
+
+    result = play("deploy.yml", app_artifact=archive(target))
+    assert not result.failed, result
+    assert current(host) == rid(target) and rid(version(host)) == rid(target)
+    assert status_of(host, other(live_program(host))) == "STOPPED"
+    # Converged: the same deploy again changes nothing.
+    result = play("deploy.yml", app_artifact=archive(target))
+    assert not result.failed, result
+    assert result.stats.get("changed", 0) == 0, result
