@@ -14,10 +14,24 @@ Host layout under an application root:
     .pydeploy/history.jsonl append-only record of unpacks, switches, rollbacks, prunes
                             and failure marks
     .pydeploy/lock          held (flock) by the run that changes the root
+
+Trust model. The module runs as root and the application user is untrusted. The
+root, releases/ and .pydeploy/ (and every directory above the root) must be real
+directories that only root (or the user running the module, or the configured
+owner) can change: that is checked once, on descriptors, when the root is opened,
+and from then on nothing but a trusted user can change what their paths name.
+shared/ belongs to the application user: everything done there goes through
+descriptors opened with O_NOFOLLOW relative to shared/'s own descriptor, so a
+link planted there is refused instead of followed. A partial release
+(releases/.<id>.partial, mode 0700 in root's releases/) is only ever written by
+root. The archive is read from one descriptor, hashed as it is read, and nothing
+is renamed into place unless the digest matched and the stream ended cleanly.
 """
 
 from __future__ import annotations
 
+import bz2
+import collections
 import datetime
 import errno
 import fcntl
@@ -25,7 +39,9 @@ import getpass
 import hashlib
 import json
 import lzma
+import math
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -35,11 +51,24 @@ import time
 import zlib
 
 MANIFEST = "RELEASE.json"
-RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Used with fullmatch(): `$` would accept a trailing newline.
+RELEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1024 * 1024
+READ_CHUNK = 256 * 1024
+RETAIN = 64 * 1024  # more than tarfile reads ahead (its record size, 10 KiB)
+NAME_MAX = 255
+PATH_MAX = 4096
+MAX_DEPTH = 100
+SYMLINK_HOPS = 40  # the kernel's limit (MAXSYMLINKS)
+# ASCII control characters (NUL, newline, ESC, DEL, ...) are refused in member names.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # History events whose `release` decides whether that release counts as failed.
 MARKING_EVENTS = ("unpacked", "activated", "rolled_back", "failed")
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Times a member may carry (seconds from the epoch): beyond this os.utime() overflows.
+_MTIME_LIMIT = 2 ** 40
 
 
 class ReleaseError(Exception):
@@ -67,6 +96,183 @@ def pid_alive(pid):
     return True
 
 
+# ------------------------------------------------------------------ trusted paths
+
+def _owner_name(uid):
+    try:
+        return "%s (uid %d)" % (pwd.getpwuid(uid).pw_name, uid)
+    except KeyError:
+        return "uid %d" % uid
+
+
+def _check_trusted(fd, where, uids, ancestor=False):
+    """Raise unless the directory open at fd can only be changed by a trusted user:
+    owned by one of uids and not writable by its group or others. A directory above
+    the root may be world-writable with the sticky bit (like /tmp): nobody else can
+    then rename or remove what a trusted user made in it."""
+    st = os.fstat(fd)
+    if st.st_uid not in uids:
+        raise ReleaseError("%s is owned by %s; it must be owned by root (or by the user running the deploy), "
+                           "since whoever owns it can redirect what root writes below it"
+                           % (where, _owner_name(st.st_uid)))
+    if st.st_mode & 0o022 and not (ancestor and st.st_mode & stat.S_ISVTX):
+        raise ReleaseError("%s is writable by %s (mode %04o); only its owner may write there "
+                           "(chmod go-w %s)" % (where, "others" if st.st_mode & 0o002 else "its group",
+                                                stat.S_IMODE(st.st_mode), where))
+
+
+def _open_dir_at(parent_fd, name, where, create, mode=0o755):
+    """Open the directory `name` below parent_fd, never through a symlink. Returns
+    (fd, created) or (None, False) when it is missing and not to be created."""
+    created = False
+    for _attempt in range(2):
+        try:
+            fd = os.open(name, _DIR, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not create:
+                return None, False
+            try:
+                os.mkdir(name, mode, dir_fd=parent_fd)
+                created = True
+            except FileExistsError:
+                pass
+            continue
+        except OSError as e:
+            try:
+                st = os.lstat(name, dir_fd=parent_fd)
+            except OSError:
+                raise e
+            if stat.S_ISLNK(st.st_mode):
+                raise ReleaseError("%s is a symlink; it must be a real directory (a link there would make root "
+                                   "read and write wherever it points)" % where)
+            if not stat.S_ISDIR(st.st_mode):
+                raise ReleaseError("%s exists and is not a directory" % where)
+            raise
+        if created:
+            os.fchmod(fd, mode)  # not what the umask left
+        return fd, created
+    raise ReleaseError("%s keeps changing while it is being opened" % where)
+
+
+def _open_trusted_root(path, uids, create):
+    """Open the directory at the absolute path, walking from / one component at a
+    time. Every directory on the way must be trusted (_check_trusted); a symlink on
+    the way is followed only when it is owned by a trusted user (it lies in a trusted
+    directory, checked before). Returns the descriptor, or None when the path is
+    missing and create is false."""
+    fd = os.open("/", _DIR)
+    try:
+        _check_trusted(fd, "/", uids, ancestor=True)
+        todo = [c for c in reversed(path.split("/")) if c]
+        where = "/"
+        hops = 0
+        while todo:
+            comp = todo.pop()
+            if comp == ".":
+                continue
+            here = os.path.join(where, comp)
+            if comp != "..":
+                try:
+                    st = os.lstat(comp, dir_fd=fd)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and stat.S_ISLNK(st.st_mode):
+                    if st.st_uid not in uids:
+                        raise ReleaseError("%s is a symlink owned by %s; a link above or at the application root "
+                                           "must be owned by root" % (here, _owner_name(st.st_uid)))
+                    hops += 1
+                    if hops > SYMLINK_HOPS:
+                        raise ReleaseError("%s: too many levels of symlinks" % path)
+                    target = os.readlink(comp, dir_fd=fd)
+                    if target.startswith("/"):
+                        os.close(fd)
+                        fd = os.open("/", _DIR)
+                        where = "/"
+                    todo.extend(c for c in reversed(target.split("/")) if c)
+                    continue
+            nfd, _ = _open_dir_at(fd, comp, here, create and comp != "..")
+            if nfd is None:
+                os.close(fd)
+                return None
+            os.close(fd)
+            fd = nfd
+            where = os.path.dirname(where) if comp == ".." else here
+            _check_trusted(fd, where, uids, ancestor=bool(todo))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_state_file(dir_fd, name, flags, path, mode=0o644):
+    """Open a file of .pydeploy/ (history, lock) without following a link."""
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise ReleaseError("%s is a symlink, not a file this module wrote; refused (remove it)" % path)
+
+
+# --------------------------------------------------------------------- removal
+
+def rmtree_at(parent_fd, name):
+    """Remove parent_fd/name and everything below it without following a symlink and
+    without recursion (any depth, a few descriptors): descend through O_NOFOLLOW
+    descriptors, come back up through '..' checked against the device and inode
+    recorded on the way down."""
+    try:
+        st = os.lstat(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    fd = os.open(name, _DIR, dir_fd=parent_fd)
+    path = [(name, (st.st_dev, st.st_ino))]
+    try:
+        while True:
+            sub = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if sub is not None:
+                nfd = os.open(sub, _DIR, dir_fd=fd)
+                nst = os.fstat(nfd)
+                os.close(fd)
+                fd = nfd
+                path.append((sub, (nst.st_dev, nst.st_ino)))
+                continue
+            done, _ = path.pop()
+            if not path:
+                os.close(fd)
+                fd = None
+                os.rmdir(done, dir_fd=parent_fd)
+                return
+            up = os.open("..", _DIR, dir_fd=fd)
+            ust = os.fstat(up)
+            os.close(fd)
+            fd = up
+            if (ust.st_dev, ust.st_ino) != path[-1][1]:
+                raise ReleaseError("%s moved while it was being removed; stopped" % name)
+            os.rmdir(done, dir_fd=fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def rmtree_path(path):
+    """rmtree_at for a path inside a directory only root can write (a partial release)."""
+    parent = os.open(os.path.dirname(path), _DIR)
+    try:
+        rmtree_at(parent, os.path.basename(path))
+    finally:
+        os.close(parent)
+
+
 # --------------------------------------------------------------------------- lock
 
 class RootLock:
@@ -74,13 +280,17 @@ class RootLock:
     its holder dies, so a crashed run never blocks the next one; the file's content
     names the holder for the message a second run fails with."""
 
-    def __init__(self, path):
+    def __init__(self, dir_fd, path):
+        self.dir_fd = dir_fd
         self.path = path
         self.fd = None
         self.stale = None
 
     def acquire(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_state_file(self.dir_fd, os.path.basename(self.path), os.O_RDWR | os.O_CREAT, self.path)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ReleaseError("%s is not a regular file; remove it" % self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -96,7 +306,7 @@ class RootLock:
             # The file still names a holder, but nobody holds the flock: that run died.
             self.stale = previous
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), started=utcnow())).encode())
+        os.pwrite(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), started=utcnow())).encode(), 0)
         os.fsync(fd)
         self.fd = fd
         return self
@@ -104,8 +314,8 @@ class RootLock:
     @staticmethod
     def _read(fd):
         try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            return json.loads(os.read(fd, 4096).decode() or "{}")
+            data = os.pread(fd, 4096, 0).decode()
+            return json.loads(data) if data.strip() else {}
         except (OSError, ValueError):
             return {}
 
@@ -116,22 +326,166 @@ class RootLock:
             self.fd = None
 
 
+# ------------------------------------------------------------------ the stream
+
+class _Source:
+    """The archive as read from one open descriptor, hashed as it is read: the bytes
+    that are unpacked are the bytes that are hashed."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.hash = hashlib.sha256()
+        self.at_end = False
+
+    def read(self):
+        data = os.read(self.fd, READ_CHUNK)
+        if data:
+            self.hash.update(data)
+        else:
+            self.at_end = True
+        return data
+
+    def drain(self):
+        while self.read():
+            pass
+        return self.hash.hexdigest()
+
+
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
+_MAGIC_OF = dict((kind, magic) for magic, kind in _MAGIC)
+
+
+def _decompressor(kind):
+    if kind == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)  # checks the CRC-32 and length trailer
+    if kind == "bzip2":
+        return bz2.BZ2Decompressor()
+    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+
+
+class _Decompressed:
+    """File-like reader of the tar stream inside a .tar, .tar.gz, .tar.bz2 or .tar.xz,
+    at most CHUNK bytes of output at a time. Refuses a compressed stream that ends
+    before its trailer and anything after it but another stream of the same kind
+    (concatenated members) or NUL padding."""
+
+    def __init__(self, source, label):
+        self.source = source
+        self.label = label
+        self.pending = source.read()  # input not yet given to the decompressor
+        self.kind = next((k for magic, k in _MAGIC if self.pending.startswith(magic)), None)
+        self.dec = _decompressor(self.kind) if self.kind else None
+        self.out = b""
+        self.pos = 0
+        self.done = False
+        # The last RETAIN bytes handed out, as (offset, bytes): what tarfile read ahead
+        # of the block it stopped at, for _check_end.
+        self.produced = 0
+        self.recent = collections.deque()
+        self.recent_size = 0
+
+    def _more(self):
+        """Put more output in self.out; leave it empty at the end of the data."""
+        if self.dec is None:
+            self.out = self.pending or self.source.read()
+            self.pending = b""
+            self.done = not self.out
+            return
+        while not self.done:
+            if self.dec.eof:
+                rest = self.dec.unused_data + self.pending
+                self.pending = b""
+                while not rest and not self.source.at_end:
+                    rest = self.source.read()
+                if not rest:
+                    self.done = True
+                    return
+                magic = _MAGIC_OF[self.kind]
+                while len(rest) < len(magic) and not self.source.at_end:
+                    rest += self.source.read()  # a next member's magic cut by a read
+                if rest.startswith(magic):
+                    self.dec = _decompressor(self.kind)
+                    self.pending = rest
+                    continue
+                while rest:
+                    if rest.count(b"\0") != len(rest):
+                        raise ReleaseError("%s has data after the end of its %s stream (appended garbage); refused"
+                                           % (self.label, self.kind))
+                    rest = self.source.read()
+                self.done = True
+                return
+            if self.kind == "gzip":
+                data = self.dec.unconsumed_tail or self.pending or self.source.read()
+                self.pending = b""
+                out = self._decompress(data)
+                if not out and not data and not self.dec.eof:
+                    raise ReleaseError("%s is truncated: its %s stream ends before its end marker"
+                                       % (self.label, self.kind))
+            else:
+                data = b""
+                if self.dec.needs_input:
+                    data = self.pending or self.source.read()
+                    self.pending = b""
+                    if not data:
+                        raise ReleaseError("%s is truncated: its %s stream ends before its end marker"
+                                           % (self.label, self.kind))
+                out = self._decompress(data)
+            if out:
+                self.out = out
+                return
+
+    def _decompress(self, data):
+        try:
+            return self.dec.decompress(data, CHUNK)
+        except (zlib.error, lzma.LZMAError, OSError, EOFError) as e:
+            raise ReleaseError("%s is damaged: its %s stream does not decompress (%s)" % (self.label, self.kind, e))
+
+    def read(self, size):
+        if self.pos >= len(self.out):
+            self.out, self.pos = b"", 0
+            if self.done:
+                return b""
+            self._more()
+        data = self.out[self.pos:self.pos + size]
+        self.pos += len(data)
+        if data:
+            self.recent.append((self.produced, data))
+            self.produced += len(data)
+            self.recent_size += len(data)
+            while self.recent_size - len(self.recent[0][1]) >= RETAIN:
+                self.recent_size -= len(self.recent.popleft()[1])
+        return data
+
+    def since(self, offset):
+        """The bytes handed out from offset on (it must be among the last RETAIN)."""
+        if offset > self.produced or (self.recent and offset < self.recent[0][0]):
+            raise ReleaseError("%s: internal error: offset %d of the tar stream is no longer at hand"
+                               % (self.label, offset))
+        return b"".join(d[max(0, offset - start):] for start, d in self.recent if start + len(d) > offset)
+
+
 # ----------------------------------------------------------------------- extraction
+
+def _control(text):
+    return CONTROL.search(text) is not None
+
 
 def _member_parts(name, strip_components):
     """Split an archive member name into safe path components, or raise."""
     if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
         raise ReleaseError("member %r: absolute path refused" % name)
+    if "\0" in name:
+        raise ReleaseError("member %r: NUL byte in name refused" % name)
+    if _control(name):
+        raise ReleaseError("member %r: control character in name refused" % name)
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise ReleaseError("member %r: '..' component refused" % name)
-    if any("\0" in p for p in parts):
-        raise ReleaseError("member %r: NUL byte in name refused" % name)
+    for p in parts:
+        if len(os.fsencode(p)) > NAME_MAX:
+            raise ReleaseError("member %r: a name component of %d bytes, more than %d, refused"
+                               % (name, len(os.fsencode(p)), NAME_MAX))
     return parts[strip_components:]
-
-
-def _inside(root, path):
-    return path == root or path.startswith(root + os.sep)
 
 
 def _check_parents(root, rel_parts, name):
@@ -151,15 +505,20 @@ def _check_parents(root, rel_parts, name):
             raise ReleaseError("member %r: parent %s is not a directory" % (name, os.path.relpath(path, root)))
 
 
-def _makedirs(root, rel_dir):
+def _makedirs(root, rel_dir, uid=-1, gid=-1):
     path = root
     for part in rel_dir:
         path = os.path.join(path, part)
         try:
             os.mkdir(path, 0o755)
         except FileExistsError:
-            if not os.path.isdir(path) or os.path.islink(path):
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
                 raise ReleaseError("%s exists and is not a directory" % os.path.relpath(path, root))
+        else:
+            os.chmod(path, 0o755)
+            if uid != -1 or gid != -1:
+                os.lchown(path, uid, gid)
 
 
 def _file_mode(mode):
@@ -171,23 +530,133 @@ def _dir_mode(mode):
     return (mode & 0o755) | 0o700
 
 
-def extract(archive, dest, strip_components=0, max_members=100000, max_size=2 * 1024 ** 3):
-    """Extract a tar archive (any compression tarfile knows) into the empty or new
-    directory dest, reading it once as a stream, under this policy:
+def _escapes(parent_parts, link):
+    """Whether the relative link target, read from the directory parent_parts (inside
+    the release), names something outside the release, taken as written."""
+    depth = len(parent_parts)
+    for comp in link.split("/"):
+        if comp in ("", "."):
+            continue
+        depth += -1 if comp == ".." else 1
+        if depth < 0:
+            return True
+    return False
 
-    - absolute names, '..' components, device and FIFO members are refused;
+
+def _resolves_outside(dest, parent_parts, link):
+    """Follow the link target as the kernel would, with the links now in dest, and say
+    whether it leaves the release at any step. Judged against the release's own
+    top (never against dest's name: a target through `../../.<id>.partial` leaves the
+    release however it resolves while unpacking)."""
+    cur = list(parent_parts)
+    todo = [c for c in reversed(link.split("/"))]
+    hops = 0
+    while todo:
+        comp = todo.pop()
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not cur:
+                return True
+            cur.pop()
+            continue
+        try:
+            st = os.lstat(os.path.join(dest, *(cur + [comp])))
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > SYMLINK_HOPS:
+                return False  # the kernel refuses to resolve it: it cannot lead anywhere
+            target = os.readlink(os.path.join(dest, *(cur + [comp])))
+            if target.startswith("/"):
+                return True
+            todo.extend(reversed(target.split("/")))
+            continue
+        cur.append(comp)
+    return False
+
+
+def _check_mtime(member):
+    mtime = member.mtime
+    if not isinstance(mtime, (int, float)) or not math.isfinite(mtime) or abs(mtime) >= _MTIME_LIMIT:
+        raise ReleaseError("member %r: modification time %r out of range, refused" % (member.name, mtime))
+
+
+def _check_end(stream, end, name):
+    """After the last member, at offset `end` of the tar stream, tarfile read a block
+    that is not a member header and stopped; it does not say whether that was the end
+    of the archive, a truncated one or garbage. The first end-of-archive block and the
+    second must be there, and whatever follows (record padding) must be zeros to the
+    end of the stream."""
+    rest = stream.since(end)
+    while len(rest) < 2 * tarfile.BLOCKSIZE:
+        more = stream.read(CHUNK)
+        if not more:
+            break
+        rest += more
+    first, second = rest[:tarfile.BLOCKSIZE], rest[tarfile.BLOCKSIZE:2 * tarfile.BLOCKSIZE]
+    if len(first) < tarfile.BLOCKSIZE:
+        raise ReleaseError("%s is truncated: the tar archive ends without its end-of-archive blocks" % name)
+    if first.count(b"\0") != tarfile.BLOCKSIZE:
+        raise ReleaseError("%s is damaged: the block at offset %d is neither a member header nor the end of the "
+                           "archive" % (name, end))
+    if len(second) < tarfile.BLOCKSIZE or second.count(b"\0") != tarfile.BLOCKSIZE:
+        raise ReleaseError("%s is truncated or damaged: the tar archive has only one of its two end-of-archive "
+                           "blocks" % name)
+    rest = rest[2 * tarfile.BLOCKSIZE:]
+    while rest:
+        if rest.count(b"\0") != len(rest):
+            raise ReleaseError("%s has data after the end of the tar archive; refused" % name)
+        rest = stream.read(CHUNK)
+
+
+def extract(fd, dest, sha256, name="archive", strip_components=0, max_members=100000, max_size=2 * 1024 ** 3,
+            max_depth=MAX_DEPTH, uid=-1, gid=-1):
+    """Extract the tar archive open at fd (any of .tar, .tar.gz, .tar.bz2, .tar.xz)
+    into the new, empty directory dest that only root can write, reading it once as a
+    stream, hashing what is read, under this policy:
+
+    - absolute names, '..' components, control characters, components longer than
+      NAME_MAX, paths longer than PATH_MAX or deeper than max_depth, device and FIFO
+      members are refused;
     - nothing is written through a symlink, and no name is written twice;
-    - symlinks must resolve inside dest, checked as they come and again once all are
-      in place (a chain of links can only be judged whole); hardlinks must name a
-      regular file extracted before them;
-    - setuid/setgid/sticky bits and group/world write bits are dropped;
-    - more than max_members members or more than max_size bytes of content stop it.
+    - symlinks must stay inside the release, checked as written when they come and
+      again, following every link, once all are in place (a chain of links can only
+      be judged whole); an empty or NUL-bearing target is refused; hardlinks must name
+      a regular file extracted before them;
+    - setuid/setgid/sticky bits and group/world write bits are dropped; modification
+      times must be finite and in range;
+    - more than max_members members or more than max_size bytes of content stop it;
+    - the stream must end cleanly (compression trailer, both end-of-archive blocks,
+      nothing but padding after them) and its SHA-256 must be sha256.
 
     Where tarfile has data_filter (Python 3.12, 3.11.4+), it is applied on top.
-    Returns (members, size). Raises ReleaseError; the caller removes dest on error.
+    Files are owned by uid:gid (-1: unchanged). Returns (members, size). Raises
+    ReleaseError, a checksum mismatch first when the bytes are not the expected
+    ones; the caller removes dest on error.
     """
     dest = os.path.realpath(dest)
+    source = _Source(fd)
+    try:
+        members, size = _extract(source, dest, name, strip_components, max_members, max_size, max_depth, uid, gid)
+    except ReleaseError:
+        # Bytes that are not the expected ones: say that, not what is wrong with them.
+        actual = source.drain()
+        if actual != sha256:
+            raise ReleaseError("checksum mismatch for %s: expected sha256 %s, actual %s; nothing was written"
+                               % (name, sha256, actual))
+        raise
+    actual = source.drain()
+    if actual != sha256:
+        raise ReleaseError("checksum mismatch for %s: expected sha256 %s, actual %s; nothing was written"
+                           % (name, sha256, actual))
+    return members, size
+
+
+def _extract(source, dest, name, strip_components, max_members, max_size, max_depth, uid, gid):
     data_filter = getattr(tarfile, "data_filter", None)  # absent before Python 3.11.4
+    chown = uid != -1 or gid != -1
     members = size = 0
     # Directories known to be real directories inside dest, created or checked here.
     # Nothing can turn one into a symlink later (a second member of that name is
@@ -196,9 +665,11 @@ def extract(archive, dest, strip_components=0, max_members=100000, max_size=2 * 
     dirs = []
     links = []
     try:
-        tf = tarfile.open(archive, mode="r|*")
-    except (tarfile.TarError, OSError) as e:
-        raise ReleaseError("%s is not a readable tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz): %s" % (archive, e))
+        stream = _Decompressed(source, name)
+        tf = tarfile.open(fileobj=stream, mode="r|")
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+        raise ReleaseError("%s is not a readable tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz): %s" % (name, e))
+    dest_bytes = len(os.fsencode(dest))
     with tf:
         try:
             for member in tf:
@@ -213,107 +684,225 @@ def extract(archive, dest, strip_components=0, max_members=100000, max_size=2 * 
                 if parts == [MANIFEST]:
                     raise ReleaseError("member %r: %s at the top of a release is written by the module, refused"
                                        % (member.name, MANIFEST))
+                if len(parts) > max_depth:
+                    raise ReleaseError("member %r: %d levels deep, more than max_depth=%d; refused (raise max_depth "
+                                       "if this is expected)" % (member.name, len(parts), max_depth))
+                if dest_bytes + 1 + len(os.fsencode(rel)) >= PATH_MAX:
+                    raise ReleaseError("member %r: the path would be longer than PATH_MAX (%d bytes), refused"
+                                       % (member.name, PATH_MAX))
                 if member.ischr() or member.isblk():
                     raise ReleaseError("member %r: device node refused" % member.name)
                 if member.isfifo():
                     raise ReleaseError("member %r: FIFO refused" % member.name)
                 if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
                     raise ReleaseError("member %r: unsupported member type %r refused" % (member.name, member.type))
+                _check_mtime(member)
+                if member.issym() or member.islnk():
+                    kind = "symlink" if member.issym() else "hardlink"
+                    if not member.linkname:
+                        raise ReleaseError("member %r: %s with an empty target refused" % (member.name, kind))
+                    if "\0" in member.linkname or _control(member.linkname):
+                        raise ReleaseError("member %r: %s target %r holds a NUL or control character, refused"
+                                           % (member.name, kind, member.linkname))
+                    if len(os.fsencode(member.linkname)) >= PATH_MAX:
+                        raise ReleaseError("member %r: %s target longer than PATH_MAX (%d bytes) refused"
+                                           % (member.name, kind, PATH_MAX))
                 if data_filter is not None:
                     try:
                         data_filter(member, dest)
                     except tarfile.FilterError as e:
                         raise ReleaseError("member %r: refused by tarfile's data filter: %s" % (member.name, e))
-                target = os.path.join(dest, *parts)
-                parent = tuple(parts[:-1])
-                if parent not in safe_dirs:
-                    _check_parents(dest, parts, member.name)
-                    _makedirs(dest, parts[:-1])
-                    safe_dirs.update(parent[:k] for k in range(len(parent) + 1))
-                if member.isdir():
-                    if os.path.lexists(target):
-                        if os.path.islink(target) or not os.path.isdir(target):
-                            raise ReleaseError("member %r: %s exists and is not a directory" % (member.name, rel))
-                    else:
-                        os.mkdir(target, 0o700)
-                    safe_dirs.add(tuple(parts))
-                    dirs.append((target, member))
-                    continue
-                if os.path.lexists(target):
-                    raise ReleaseError("member %r: %s appears twice in the archive, refused" % (member.name, rel))
-                if member.issym():
-                    link = member.linkname
-                    if link.startswith("/"):
-                        raise ReleaseError("member %r: absolute symlink to %r refused" % (member.name, link))
-                    resolved = os.path.normpath(os.path.join(os.path.realpath(os.path.dirname(target)), link))
-                    if not _inside(dest, resolved):
-                        raise ReleaseError("member %r: symlink to %r points outside the release, refused"
-                                           % (member.name, link))
-                    os.symlink(link, target)
-                    links.append((target, member.name, link))
-                elif member.islnk():
-                    try:
-                        link_parts = _member_parts(member.linkname, strip_components)
-                    except ReleaseError as e:
-                        raise ReleaseError("member %r: hardlink target %s" % (member.name, e))
-                    source = os.path.join(dest, *link_parts) if link_parts else dest
-                    _check_parents(dest, link_parts, member.name)
-                    if not link_parts or not os.path.isfile(source) or os.path.islink(source):
-                        raise ReleaseError("member %r: hardlink to %r, which is not a regular file extracted "
-                                           "before it, refused" % (member.name, member.linkname))
-                    os.link(source, target)
-                else:
-                    size += member.size
-                    if size > max_size:
-                        raise ReleaseError("archive content exceeds max_size=%d bytes; refused (raise max_size "
-                                           "if this is expected)" % max_size)
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        src = tf.extractfile(member)
-                        shutil.copyfileobj(src, out, CHUNK)
-                    os.chmod(target, _file_mode(member.mode))
-                    os.utime(target, (member.mtime, member.mtime))
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:
-            raise ReleaseError("%s is damaged or truncated: %s" % (archive, e))
+                try:
+                    size = _write_member(tf, member, parts, rel, dest, strip_components, safe_dirs, dirs, links,
+                                         size, max_size, uid, gid, chown)
+                except OSError as e:
+                    raise ReleaseError("member %r: cannot be written: %s" % (member.name, e.strerror or e))
+            _check_end(stream, tf.offset, name)
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError, OverflowError) as e:
+            raise ReleaseError("%s is damaged or truncated: %s" % (name, e))
     # A link is judged whole only once every link is in place: a -> b/c is harmless
     # until a later member makes b -> .. .
-    for target, name, link in links:
-        if not _inside(dest, os.path.realpath(target)):
+    for parent, member_name, link in links:
+        if _resolves_outside(dest, parent, link):
             raise ReleaseError("member %r: symlink to %r resolves outside the release through other links, refused"
-                               % (name, link))
+                               % (member_name, link))
     for target, member in reversed(dirs):  # deepest last-declared first; modes after content
+        if chown:
+            os.lchown(target, uid, gid)
         os.chmod(target, _dir_mode(member.mode))
         os.utime(target, (member.mtime, member.mtime))
     return members, size
 
 
+def _write_member(tf, member, parts, rel, dest, strip_components, safe_dirs, dirs, links, size, max_size, uid, gid, chown):
+    target = os.path.join(dest, *parts)
+    parent = tuple(parts[:-1])
+    if parent not in safe_dirs:
+        _check_parents(dest, parts, member.name)
+        _makedirs(dest, parts[:-1], uid, gid)
+        safe_dirs.update(parent[:k] for k in range(len(parent) + 1))
+    if member.isdir():
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            os.mkdir(target, 0o700)
+        else:
+            if not stat.S_ISDIR(st.st_mode):
+                raise ReleaseError("member %r: %s exists and is not a directory" % (member.name, rel))
+        safe_dirs.add(tuple(parts))
+        dirs.append((target, member))
+        return size
+    if os.path.lexists(target):
+        raise ReleaseError("member %r: %s appears twice in the archive, refused" % (member.name, rel))
+    if member.issym():
+        link = member.linkname
+        if link.startswith("/"):
+            raise ReleaseError("member %r: absolute symlink to %r refused" % (member.name, link))
+        if _escapes(parts[:-1], link):
+            raise ReleaseError("member %r: symlink to %r points outside the release, refused" % (member.name, link))
+        os.symlink(link, target)
+        if chown:
+            os.lchown(target, uid, gid)
+        links.append((parts[:-1], member.name, link))
+    elif member.islnk():
+        try:
+            link_parts = _member_parts(member.linkname, strip_components)
+        except ReleaseError as e:
+            raise ReleaseError("member %r: hardlink target %s" % (member.name, e))
+        source = os.path.join(dest, *link_parts) if link_parts else dest
+        _check_parents(dest, link_parts, member.name)
+        try:
+            st = os.lstat(source) if link_parts else None
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise ReleaseError("member %r: hardlink to %r, which is not a regular file extracted "
+                               "before it, refused" % (member.name, member.linkname))
+        os.link(source, target, follow_symlinks=False)
+    else:
+        size += member.size
+        if size > max_size:
+            raise ReleaseError("archive content exceeds max_size=%d bytes; refused (raise max_size "
+                               "if this is expected)" % max_size)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            src = tf.extractfile(member)
+            while True:
+                block = src.read(CHUNK)
+                if not block:
+                    break
+                out.write(block)
+            out.flush()
+            if chown:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, _file_mode(member.mode))
+            os.utime(fd, (member.mtime, member.mtime))
+    return size
+
+
 # ----------------------------------------------------------------------- the root
 
+def _valid_name(name):
+    return bool(name) and "/" not in name and name not in (".", "..") and "\0" not in name
+
+
 class Root:
-    def __init__(self, path):
-        self.path = os.path.abspath(path)
+    """An application root, opened once through descriptors that are checked to be
+    trusted (see the module docstring); every later operation is relative to them.
+    Use as a context manager, after open(), ensure_layout() or ensure_state_dir()."""
+
+    LAYOUT = ("releases", "shared", ".pydeploy")
+
+    def __init__(self, path, trusted_uids=()):
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ReleaseError("root must be an absolute path such as /srv/mysite, got %r" % (path,))
+        if "\0" in path or _control(path):
+            raise ReleaseError("root %r holds a NUL or control character" % (path,))
+        self.path = os.path.normpath(path)
+        if self.path == "/" or self.path.startswith("//"):
+            raise ReleaseError("root must be a directory of its own such as /srv/mysite, not %r" % (path,))
         self.releases_dir = os.path.join(self.path, "releases")
         self.shared_dir = os.path.join(self.path, "shared")
         self.state_dir = os.path.join(self.path, ".pydeploy")
         self.history_path = os.path.join(self.state_dir, "history.jsonl")
+        self.lock_path = os.path.join(self.state_dir, "lock")
         self.current_link = os.path.join(self.path, "current")
+        self.uids = {0, os.geteuid()} | {u for u in trusted_uids if u is not None and u >= 0}
+        self.fd = self.releases_fd = self.shared_fd = self.state_fd = None
+
+    # opening ------------------------------------------------------------------
+
+    def open(self, create=()):
+        """Open the root and the layout directories that exist, creating those named
+        in create ('root' and any of LAYOUT). Refuses an untrusted root, releases/ or
+        .pydeploy/, and a shared/ that is not a real directory."""
+        self.close()
+        self.fd = _open_trusted_root(self.path, self.uids, "root" in create)
+        if self.fd is None:
+            return self
+        for name, attr in (("releases", "releases_fd"), (".pydeploy", "state_fd"), ("shared", "shared_fd")):
+            fd, _ = _open_dir_at(self.fd, name, os.path.join(self.path, name), name in create)
+            setattr(self, attr, fd)
+            if fd is not None and name != "shared":
+                _check_trusted(fd, os.path.join(self.path, name), self.uids)
+        return self
+
+    def ensure_layout(self):
+        return self.open(create=("root",) + self.LAYOUT)
+
+    def ensure_state_dir(self):
+        """Only what the history and the lock need (for marking a release failed)."""
+        return self.open(create=("root", ".pydeploy"))
+
+    def close(self):
+        for attr in ("releases_fd", "shared_fd", "state_fd", "fd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, attr, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def lock(self):
+        return RootLock(self.state_fd, self.lock_path).acquire()
 
     def release_path(self, release_id):
         return os.path.join(self.releases_dir, release_id)
 
     # reading ----------------------------------------------------------------
 
+    def _names(self):
+        if self.releases_fd is None:
+            return []
+        return os.listdir(self.releases_fd)
+
     def manifest(self, release_id):
+        if self.releases_fd is None or not _valid_name(release_id):
+            return None
         try:
-            with open(os.path.join(self.release_path(release_id), MANIFEST)) as f:
-                return json.load(f)
+            fd = os.open(release_id, _DIR, dir_fd=self.releases_fd)
+        except OSError:
+            return None
+        try:
+            mfd = os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            with os.fdopen(mfd) as f:
+                data = json.load(f)
+            return data if isinstance(data, dict) else None
         except (OSError, ValueError):
             return None
+        finally:
+            os.close(fd)
 
     def current(self):
         """The release `current` points at, read from the link itself."""
+        if self.fd is None:
+            return None
         try:
-            target = os.readlink(self.current_link)
+            target = os.readlink("current", dir_fd=self.fd)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -325,26 +914,34 @@ class Root:
 
     def history(self):
         events = []
+        if self.state_fd is None:
+            return events
         try:
-            with open(self.history_path) as f:
-                for line in f:
-                    line = line.strip()
-                    if line:
-                        try:
-                            events.append(json.loads(line))
-                        except ValueError:
-                            continue  # a torn last line from a crash is not fatal
+            fd = _open_state_file(self.state_fd, "history.jsonl", os.O_RDONLY, self.history_path)
         except FileNotFoundError:
-            pass
+            return events
+        with os.fdopen(fd) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue  # a torn last line from a crash is not fatal
+                    if isinstance(event, dict):
+                        events.append(event)
         return events
 
     def present(self):
         """Complete releases on disk (those with a manifest)."""
+        return [n for n in self._names() if not n.startswith(".") and self.manifest(n) is not None]
+
+    def exists(self, release_id):
         try:
-            names = os.listdir(self.releases_dir)
+            os.lstat(release_id, dir_fd=self.releases_fd)
         except FileNotFoundError:
-            return []
-        return [n for n in names if not n.startswith(".") and self.manifest(n) is not None]
+            return False
+        return True
 
     def ordered(self, history=None):
         """Complete releases, oldest first, in the order the history recorded them
@@ -358,7 +955,7 @@ class Root:
                 first[rid] = i
         present = self.present()
         unknown = sorted((r for r in present if r not in first),
-                         key=lambda r: ((self.manifest(r) or {}).get("time", ""), r))
+                         key=lambda r: (str((self.manifest(r) or {}).get("time", "")), r))
         known = sorted((r for r in present if r in first), key=lambda r: first[r])
         return unknown + known
 
@@ -412,33 +1009,17 @@ class Root:
         return doomed_failed + (candidates[:excess] if excess > 0 else [])
 
     def leftovers(self):
-        try:
-            names = os.listdir(self.releases_dir)
-        except FileNotFoundError:
-            return []
-        return [n for n in names if n.startswith(".") and (n.endswith(".partial") or n.endswith(".deleting"))]
+        return [n for n in self._names()
+                if n.startswith(".") and (n.endswith(".partial") or n.endswith(".deleting"))]
 
     # writing ----------------------------------------------------------------
-
-    def ensure_state_dir(self):
-        """Only what the history and the lock need (for marking a release failed)."""
-        if not os.path.isdir(self.path):
-            os.makedirs(self.path, 0o755)
-        if not os.path.isdir(self.state_dir):
-            os.makedirs(self.state_dir, 0o755)
-
-    def ensure_layout(self):
-        for d in (self.path, self.releases_dir, self.shared_dir):
-            if not os.path.isdir(d):
-                os.makedirs(d, 0o755)
-        if not os.path.isdir(self.state_dir):
-            os.makedirs(self.state_dir, 0o755)
 
     def record(self, event, **fields):
         entry = dict(event=event, time=utcnow(), user=os.environ.get("SUDO_USER") or _whoami())
         entry.update(fields)
         line = json.dumps(entry, sort_keys=True) + "\n"
-        fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = _open_state_file(self.state_fd, "history.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                              self.history_path)
         try:
             os.write(fd, line.encode())
             os.fsync(fd)
@@ -448,23 +1029,59 @@ class Root:
     def switch(self, release_id):
         """Point `current` at releases/<id> atomically: a new symlink renamed over the
         old one, so that `current` is never missing or half-made."""
-        tmp = os.path.join(self.path, ".current.%d.tmp" % os.getpid())
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(os.path.join("releases", release_id), tmp)
-        os.rename(tmp, self.current_link)
-        _fsync_dir(self.path)
+        tmp = ".current.%d.tmp" % os.getpid()
+        try:
+            os.unlink(tmp, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        os.symlink(os.path.join("releases", release_id), tmp, dir_fd=self.fd)
+        os.rename(tmp, "current", src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        os.fsync(self.fd)
+
+    def _remove_leftover(self, name):
+        """Remove releases/<name>, a partial or half-removed release this module left.
+        A symlink there is not something it left: refused rather than removed."""
+        try:
+            st = os.lstat(name, dir_fd=self.releases_fd)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise ReleaseError("%s is a symlink, not a partial release this module left; refused (remove it by "
+                               "hand)" % os.path.join(self.releases_dir, name))
+        rmtree_at(self.releases_fd, name)
+
+    def new_partial(self, release_id):
+        """An empty directory only root can write, releases/.<id>.partial; returns its path."""
+        name = ".%s.partial" % release_id
+        self._remove_leftover(name)
+        os.mkdir(name, 0o700, dir_fd=self.releases_fd)
+        return os.path.join(self.releases_dir, name)
+
+    def discard_partial(self, release_id):
+        try:
+            self._remove_leftover(".%s.partial" % release_id)
+        except (OSError, ReleaseError):
+            pass
+
+    def commit_partial(self, release_id):
+        """Rename releases/.<id>.partial to releases/<id> (refused when that exists)."""
+        if self.exists(release_id):
+            raise ReleaseError("%s exists but is not a complete release (no %s); move it away"
+                               % (self.release_path(release_id), MANIFEST))
+        os.rename(".%s.partial" % release_id, release_id, src_dir_fd=self.releases_fd,
+                  dst_dir_fd=self.releases_fd)
 
     def remove_release(self, release_id):
-        path = self.release_path(release_id)
-        doomed = os.path.join(self.releases_dir, ".%s.deleting" % release_id)
-        os.rename(path, doomed)  # from here on it no longer looks like a release
-        shutil.rmtree(doomed)
+        doomed = ".%s.deleting" % release_id
+        self._remove_leftover(doomed)  # an earlier prune that was interrupted
+        os.rename(release_id, doomed, src_dir_fd=self.releases_fd, dst_dir_fd=self.releases_fd)
+        # From here on it no longer looks like a release.
+        rmtree_at(self.releases_fd, doomed)
 
     def remove_leftovers(self):
         removed = []
         for name in self.leftovers():
-            shutil.rmtree(os.path.join(self.releases_dir, name), ignore_errors=True)
+            self._remove_leftover(name)
             removed.append(name)
         return removed
 
@@ -476,69 +1093,199 @@ def _whoami():
         return str(os.getuid())
 
 
-def _fsync_dir(path):
+# ----------------------------------------------------------------- shared paths
+
+def shared_parts(raw):
+    """The components of a shared_paths entry, or raise."""
+    parts = [p for p in raw.strip("/").split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or raw.startswith("/"):
+        raise ReleaseError("shared_paths entry %r must be a relative path inside the release without '..'" % raw)
+    if _control(raw):
+        raise ReleaseError("shared_paths entry %r holds a NUL or control character" % raw)
+    if parts == [MANIFEST]:
+        raise ReleaseError("shared_paths entry %r: %s is the release's manifest, written by the module; it cannot "
+                           "be shared" % (raw, MANIFEST))
+    if any(len(os.fsencode(p)) > NAME_MAX for p in parts):
+        raise ReleaseError("shared_paths entry %r has a component longer than %d bytes" % (raw, NAME_MAX))
+    return parts
+
+
+def _chown_tree(path, uid, gid):
+    """lchown path and everything below it, for a tree in a partial release (only root
+    writes there) that is about to move to shared/. A file hardlinked to another name
+    is first replaced by a copy of its own: giving it away must not give away the
+    release's other name for it."""
+    for dirpath, dirnames, filenames in [("", [], [path])] + list(os.walk(path)):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                tmp = os.path.join(os.path.dirname(p), ".%s.pydeploy-copy" % os.path.basename(p))
+                shutil.copy2(p, tmp, follow_symlinks=False)
+                os.rename(tmp, p)
+            os.lchown(p, uid, gid)
+
+
+def _shared_parent(root, parts, raw, owner):
+    """A descriptor of the directory in shared/ that holds the entry parts[-1]. Missing
+    directories on the way are made, owned like shared/; a symlink on the way is
+    refused: shared/ is the application user's, and nothing root does may follow a
+    link there."""
+    fd = os.open(".", _DIR, dir_fd=root.shared_fd)
+    where = root.shared_dir
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        for comp in parts[:-1]:
+            where = os.path.join(where, comp)
+            try:
+                nfd, created = _open_dir_at(fd, comp, where, create=True)
+            except ReleaseError as e:
+                raise ReleaseError("shared_paths entry %r: %s" % (raw, e))
+            os.close(fd)
+            fd = nfd
+            if created:
+                os.fchown(fd, *owner)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _copy_into(src, st, parent_fd, name, owner):
+    """Copy src (inside a partial release) to parent_fd/name in shared/, through
+    descriptors only; for a shared/ on another file system than the release."""
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            return
+        fd = os.open(name, _DIR, dir_fd=parent_fd)
+        try:
+            with os.scandir(src) as entries:
+                for entry in entries:
+                    est = entry.stat(follow_symlinks=False)
+                    if stat.S_ISLNK(est.st_mode):
+                        os.symlink(os.readlink(entry.path), entry.name, dir_fd=fd)
+                        os.chown(entry.name, *owner, dir_fd=fd, follow_symlinks=False)
+                    else:
+                        _copy_into(entry.path, est, fd, entry.name, owner)
+            os.fchown(fd, *owner)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fd)
         return
     try:
-        os.fsync(fd)
-    except OSError:
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                      dir_fd=parent_fd)
+    except FileExistsError:
+        return
+    with os.fdopen(out, "wb") as f, open(src, "rb") as i:
+        while True:
+            block = i.read(CHUNK)
+            if not block:
+                break
+            f.write(block)
+        f.flush()
+        os.fchown(out, *owner)
+        os.fchmod(out, stat.S_IMODE(st.st_mode))
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _seed_shared(parent_fd, name, inside, owner, raw):
+    """Give shared/ the entry `name` (below parent_fd) when it has none: what the
+    release holds there (moved, owned like shared/), else an empty directory. An entry
+    shared/ already has, whatever it is, is never touched."""
+    try:
+        os.lstat(name, dir_fd=parent_fd)
+        return
+    except FileNotFoundError:
         pass
+    try:
+        st = os.lstat(inside)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISLNK(st.st_mode):
+        # Owned like shared/ while still in the partial release, where only root
+        # writes; moved in by one rename (or link) that never follows a link.
+        _chown_tree(inside, *owner)
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                os.rename(inside, name, dst_dir_fd=parent_fd)
+            else:
+                os.link(inside, name, dst_dir_fd=parent_fd, follow_symlinks=False)
+                os.unlink(inside)
+        except OSError as e:
+            if e.errno == errno.EXDEV:
+                _copy_into(inside, st, parent_fd, name, owner)
+            elif e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise
+            # Otherwise the application user made it meanwhile: it is theirs, untouched.
+        return
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+    except FileExistsError:
+        return
+    try:
+        fd, _ = _open_dir_at(parent_fd, name, "shared/" + raw, create=False)
+    except ReleaseError as e:
+        raise ReleaseError("shared_paths entry %r: %s" % (raw, e))
+    if fd is None:
+        raise ReleaseError("shared_paths entry %r: shared/%s was removed while it was being made" % (raw, raw))
+    try:
+        os.fchmod(fd, 0o755)
+        os.fchown(fd, *owner)
     finally:
         os.close(fd)
 
 
-def link_shared(root, release_dir, shared_paths, owner=None):
-    """Replace each shared path inside the release by a relative symlink into
-    root/shared. A path missing from shared/ is seeded with what the release holds
-    there (moved), or made an empty directory; nothing already in shared/ is touched."""
+def link_shared(root, release_dir, shared_paths, uid=-1, gid=-1):
+    """Replace each shared path inside the release (a partial release: only root
+    writes there) by a relative symlink into root/shared. A path missing from shared/
+    is seeded with what the release holds there (moved), or made an empty directory;
+    nothing already in shared/ is touched. Everything in shared/ is done through
+    descriptors relative to root.shared_fd, never through a link."""
     linked = []
-    shared_st = os.stat(root.shared_dir)
+    shared_st = os.fstat(root.shared_fd)
+    owner = (shared_st.st_uid, shared_st.st_gid)
     for raw in shared_paths:
-        parts = [p for p in raw.strip("/").split("/") if p not in ("", ".")]
-        if not parts or ".." in parts or raw.startswith("/"):
-            raise ReleaseError("shared_paths entry %r must be a relative path inside the release without '..'" % raw)
+        parts = shared_parts(raw)
+        rel = "/".join(parts)
         inside = os.path.join(release_dir, *parts)
-        shared = os.path.join(root.shared_dir, *parts)
         _check_parents(release_dir, parts, raw)
-        _makedirs(release_dir, parts[:-1])
-        if not os.path.lexists(shared):
-            os.makedirs(os.path.dirname(shared), 0o755, exist_ok=True)
-            if os.path.lexists(inside) and not os.path.islink(inside):
-                shutil.move(inside, shared)
-            else:
-                os.mkdir(shared, 0o755)
-            for dirpath, dirnames, filenames in os.walk(shared):
-                for n in [dirpath] + [os.path.join(dirpath, x) for x in dirnames + filenames]:
-                    os.lchown(n, shared_st.st_uid, shared_st.st_gid)
-        if os.path.lexists(inside):
-            if os.path.isdir(inside) and not os.path.islink(inside):
-                shutil.rmtree(inside)
+        _makedirs(release_dir, parts[:-1], uid, gid)
+        parent_fd = _shared_parent(root, parts, raw, owner)
+        try:
+            _seed_shared(parent_fd, parts[-1], inside, owner, raw)
+        finally:
+            os.close(parent_fd)
+        try:
+            st = os.lstat(inside)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                rmtree_path(inside)
             else:
                 os.unlink(inside)
-        os.symlink(os.path.relpath(shared, os.path.dirname(inside)), inside)
-        linked.append("/".join(parts))
+        # releases/<id>/<parts> -> ../(one per component)../shared/<parts>
+        os.symlink("../" * (len(parts) + 1) + "shared/" + rel, inside)
+        if uid != -1 or gid != -1:
+            os.lchown(inside, uid, gid)
+        linked.append(rel)
     return linked
 
 
-def chown_tree(path, uid, gid):
-    if uid == -1 and gid == -1:
-        return
-    os.lchown(path, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for n in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, n), uid, gid)
-
-
-def write_manifest(release_dir, data):
-    path = os.path.join(release_dir, MANIFEST)
-    with open(path, "w") as f:
+def write_manifest(release_dir, data, uid=-1, gid=-1):
+    fd = os.open(os.path.join(release_dir, MANIFEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                 os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
         f.flush()
-        os.fsync(f.fileno())
-    os.chmod(path, 0o644)
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o644)
+        os.fsync(fd)
 
 
 def elapsed(start):

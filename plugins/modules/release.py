@@ -16,17 +16,30 @@ description:
     sha256, source name, time in UTC, member count, size). C(current) is a symlink to
     the live release, C(shared/) holds what outlives releases (media, C(.env), data) and
     C(.pydeploy/) holds the deployment history and the lock.
-  - The archive's SHA-256 is verified before anything is written. It is then read once,
-    as a stream, into C(releases/.<id>.partial) under a member policy of the module's own
-    (tarfile's C(filter=) is applied on top where the interpreter has it), and the
-    directory is renamed into place when complete. A failure leaves no partial directory
-    and does not touch C(current).
-  - Member policy. Absolute names, C(..) components, device nodes and FIFOs are refused;
-    nothing is written through a symlink or twice under one name; symlinks must resolve
-    inside the release, also through chains of links; hardlinks must name a regular file
-    of the archive. Setuid, setgid, sticky and group/world write bits are dropped.
-    O(max_members) and O(max_size) stop decompression bombs. The error names the member
-    and the reason.
+  - The archive is opened once and read once, as a stream, from that one descriptor, into
+    C(releases/.<id>.partial) (a directory only root can write), its SHA-256 computed over
+    the very bytes that are unpacked. The directory is renamed into place only when the
+    digest matches O(checksum) and the stream ended cleanly (the gzip, bzip2 or xz trailer
+    checked, both tar end-of-archive blocks present, nothing but NUL padding after them). A
+    failure leaves no partial directory, writes nothing to C(shared/) and does not touch
+    C(current); a checksum mismatch is reported as such, whatever else is wrong with the bytes.
+  - Member policy, a module's own (tarfile's C(filter=) is applied on top where the
+    interpreter has it). Absolute names, C(..) components, control characters (NUL, newline,
+    ESC, ...), name components over 255 bytes, paths over C(PATH_MAX) or deeper than
+    O(max_depth), device nodes and FIFOs are refused; nothing is written through a symlink
+    or twice under one name; symlinks must stay inside the release, judged against the
+    release itself and also through chains of links; empty link targets and modification
+    times out of range are refused; hardlinks must name a regular file of the archive.
+    Setuid, setgid, sticky and group/world write bits are dropped. O(max_members) and
+    O(max_size) stop decompression bombs. The error names the member and the reason.
+  - Trust. O(root), C(releases/) and C(.pydeploy/), and every directory above O(root), must
+    be real directories owned by root, by the user running the module or by O(owner), and
+    not writable by their group or others (a directory above O(root) may be world-writable
+    with the sticky bit, like C(/tmp)); a symlink above O(root) is followed only when root
+    owns it. Otherwise the task fails, naming the directory, before anything is written.
+    C(shared/) belongs to the application user and is treated as hostile; every operation
+    there is made relative to an open directory, and a symlink in a shared path is refused,
+    never followed. See the trust model in the collection's C(docs/releases.md).
   - C(current) is switched atomically (a new symlink renamed over the old one), so it is
     never missing and never points at an incomplete release.
   - Every unpack, switch, rollback, prune and failure mark is appended to
@@ -37,8 +50,8 @@ description:
     (O(state=active) or O(state=pruned)), whatever O(keep_releases), unless it is the current
     release. Activating it again, rolling back to it by name, or unpacking it again after it
     was pruned clears the mark.
-  - A lock (C(.pydeploy/lock)) keeps two runs off one root; the second fails at once,
-    naming the holder (pid, host, start time). The kernel drops the lock of a run that
+  - A lock (C(.pydeploy/lock), opened without following a link) keeps two runs off one
+    root; the second fails at once, naming the holder (pid, host, start time). The kernel drops the lock of a run that
     died, and the next run takes it over with a warning.
   - When the release is already unpacked with the same SHA-256, the archive is not read
     at all, so a re-run costs a few system calls.
@@ -46,7 +59,10 @@ author:
   - pydeploy.web contributors
 options:
   root:
-    description: The application root, for example C(/srv/mysite). Created with its layout when missing.
+    description:
+      - The application root, an absolute path such as C(/srv/mysite). Created with its layout when
+        missing (directories mode C(0755), owned by the user running the module).
+      - It must not be C(/), and it and the directories above it must be trusted (see the description).
     type: path
     required: true
   state:
@@ -73,7 +89,8 @@ options:
     type: path
   checksum:
     description:
-      - SHA-256 of O(src), 64 hex characters.
+      - SHA-256 of O(src), 64 hex characters (surrounding white space, such as the newline of a
+        C(.sha256) file, is ignored).
       - When the release is already unpacked, it must match the manifest, or the task fails
         (two different archives under one release id).
     type: str
@@ -102,8 +119,11 @@ options:
     description:
       - Paths inside the release replaced by relative symlinks into C(shared/), for example
         C(media) or C(.env).
-      - A path missing from C(shared/) is seeded with what the release holds there, or made an
-        empty directory; what C(shared/) already holds is never touched.
+      - A path missing from C(shared/) is seeded with what the release holds there (moved, owned
+        like C(shared/)), or made an empty directory; what C(shared/) already holds is never touched.
+        Directories made on the way are owned like C(shared/).
+      - A symlink on the way in C(shared/) (C(shared/pub -> /elsewhere) for C(pub/media)) is refused.
+        C(RELEASE.json) cannot be shared.
     type: list
     elements: str
     default: []
@@ -119,6 +139,13 @@ options:
     description: Most bytes of file content accepted, summed over all members.
     type: int
     default: 2147483648
+  max_depth:
+    description:
+      - Most path components a member name may have (after O(strip_components)); deeper members
+        are refused.
+      - Keeps trees that later tools cannot walk or remove (recursion limits, C(PATH_MAX)) off the host.
+    type: int
+    default: 100
   owner:
     description: Owner of the unpacked files (name or uid). Defaults to the user running the module.
     type: str
@@ -127,7 +154,9 @@ options:
     type: str
   mode:
     description:
-      - Mode of the release directory itself, in octal, for example V('0750').
+      - Mode of the release directory itself, in octal, for example V('0750'), and quoted, since an
+        unquoted V(755) is the decimal number 755 (C(0o1363)).
+      - A mode with group or world write, setuid, setgid or sticky bits is refused.
       - Files keep their archive modes, without setuid, setgid, sticky and group/world write bits.
     type: raw
     default: "0755"
@@ -275,17 +304,18 @@ manifest:
 import grp
 import os
 import pwd
-import shutil
+import stat
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pydeploy.web.plugins.module_utils._release import (
-    RELEASE_ID, SHA256, ReleaseError, Root, RootLock, chown_tree, extract, link_shared,
-    sha256_file, utcnow, write_manifest,
+    MAX_DEPTH, RELEASE_ID, SHA256, ReleaseError, Root, extract, link_shared, sha256_file, shared_parts, utcnow,
+    write_manifest,
 )
 
 
-def _id_of(name, kind, db, module):
+def _lookup(name, kind):
+    """uid or gid of a name or number; None when the host has no such user or group."""
     if name is None:
         return -1
     try:
@@ -293,18 +323,28 @@ def _id_of(name, kind, db, module):
     except ValueError:
         pass
     try:
-        return (db.getpwnam(name).pw_uid if kind == "owner" else db.getgrnam(name).gr_gid)
+        return pwd.getpwnam(name).pw_uid if kind == "owner" else grp.getgrnam(name).gr_gid
     except KeyError:
-        module.fail_json(msg="%s %r does not exist on this host" % (kind, name))
+        return None
 
 
-def _mode(value, module):
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value), 8)
-    except ValueError:
-        module.fail_json(msg="mode %r is not an octal number such as '0755'" % value)
+def _mode(value):
+    """The release directory's mode. An integer is taken as it is (YAML reads an
+    unquoted 0755 as 493, that is 0o755); a mode that would let others write the
+    release or set special bits is refused, which is what an unquoted 755 (0o1363)
+    comes to."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        try:
+            mode = int(str(value).strip(), 8)
+        except ValueError:
+            raise ReleaseError("mode %r is not an octal number such as '0755'" % (value,))
+    if mode < 0 or mode & ~0o755:
+        raise ReleaseError("mode %r (%s in octal) would let the group or others write the release directory, or "
+                           "set setuid, setgid or sticky bits; give the mode quoted, in octal, such as '0755'"
+                           % (value, "0o%o" % mode if mode >= 0 else mode))
+    return mode
 
 
 class Release:
@@ -313,15 +353,21 @@ class Release:
         p = module.params
         self.p = p
         self.check = module.check_mode
-        self.root = Root(p["root"])
-        self.checksum = p["checksum"].lower() if p["checksum"] else None
-        if self.checksum and not SHA256.match(self.checksum):
+        checksum = p["checksum"].strip().lower() if p["checksum"] is not None else None
+        if checksum is not None and not SHA256.fullmatch(checksum):
             raise ReleaseError("checksum must be a SHA-256 as 64 hex characters, got %r" % p["checksum"])
+        self.checksum = checksum or None
         self.release_id = p["release_id"] or (self.checksum[:12] if self.checksum else None)
-        if self.release_id and not RELEASE_ID.match(self.release_id):
+        if self.release_id and not RELEASE_ID.fullmatch(self.release_id):
             raise ReleaseError("release_id %r may hold letters, digits, '.', '_' and '-' and must not start "
                                "with a dot" % self.release_id)
-        self.history = self.root.history()
+        for raw in p["shared_paths"]:
+            shared_parts(raw)
+        self.mode = _mode(p["mode"])
+        self.uid = _lookup(p["owner"], "owner")
+        self.gid = _lookup(p["group"], "group")
+        self.root = Root(p["root"], trusted_uids=[self.uid] if self.uid is not None else [])
+        self.history = []
         self.simulated = set()  # releases check mode pretends to have unpacked
 
     # -- helpers -------------------------------------------------------------
@@ -353,35 +399,47 @@ class Release:
             raise ReleaseError("release %s is not unpacked under %s; src and checksum are needed to unpack it"
                                % (rid, self.root.releases_dir))
         src = p["src"]
-        if not os.path.isfile(src):
-            raise ReleaseError("src %s does not exist on this host (or is not a file)" % src)
-        actual = sha256_file(src)
-        if actual != self.checksum:
-            raise ReleaseError("checksum mismatch for %s: expected sha256 %s, actual %s; nothing was written"
-                               % (src, self.checksum, actual))
-        if self.check:
-            self.simulated.add(rid)
-            return
-        uid = _id_of(p["owner"], "owner", pwd, self.module)
-        gid = _id_of(p["group"], "group", grp, self.module)
-        partial = os.path.join(self.root.releases_dir, ".%s.partial" % rid)
-        if os.path.lexists(partial):
-            shutil.rmtree(partial)
-        started = time.time()
-        os.mkdir(partial, 0o700)
+        for kind, value in (("owner", self.uid), ("group", self.gid)):
+            if value is None:
+                raise ReleaseError("%s %r does not exist on this host" % (kind, p[kind]))
         try:
-            members, size = extract(src, partial, strip_components=p["strip_components"],
-                                    max_members=p["max_members"], max_size=p["max_size"])
-            link_shared(self.root, partial, p["shared_paths"])
-            write_manifest(partial, dict(id=rid, sha256=actual, source=os.path.basename(src), time=utcnow(),
-                                         members=members, size=size))
-            chown_tree(partial, uid, gid)
-            os.chmod(partial, _mode(p["mode"], self.module))
-            os.rename(partial, self.root.release_path(rid))
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        self.note("unpacked", release=rid, sha256=actual, source=os.path.basename(src), members=members,
+            fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = None
+        try:
+            if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ReleaseError("src %s does not exist on this host (or is not a file)" % src)
+            if self.check:
+                actual = sha256_file(src)
+                if actual != self.checksum:
+                    raise ReleaseError("checksum mismatch for %s: expected sha256 %s, actual %s; nothing was written"
+                                       % (src, self.checksum, actual))
+                self.simulated.add(rid)
+                return
+            if self.root.exists(rid):
+                raise ReleaseError("%s exists but is not a complete release (no RELEASE.json); move it away"
+                                   % self.root.release_path(rid))
+            started = time.time()
+            partial = self.root.new_partial(rid)
+            try:
+                # Read once, hashed as it is read; nothing below is kept unless the
+                # digest matched and the archive ended cleanly.
+                members, size = extract(fd, partial, self.checksum, name=src, strip_components=p["strip_components"],
+                                        max_members=p["max_members"], max_size=p["max_size"],
+                                        max_depth=p["max_depth"], uid=self.uid, gid=self.gid)
+                link_shared(self.root, partial, p["shared_paths"], self.uid, self.gid)
+                write_manifest(partial, dict(id=rid, sha256=self.checksum, source=os.path.basename(src),
+                                             time=utcnow(), members=members, size=size), self.uid, self.gid)
+                os.lchown(partial, self.uid, self.gid)
+                os.chmod(partial, self.mode)
+                self.root.commit_partial(rid)
+            except BaseException:
+                self.root.discard_partial(rid)
+                raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self.note("unpacked", release=rid, sha256=self.checksum, source=os.path.basename(src), members=members,
                   size=size, seconds=round(time.time() - started, 3))
 
     def switch(self, rid, previous, event):
@@ -409,6 +467,7 @@ class Release:
     def run(self):
         p = self.p
         state = p["state"]
+        self.history = self.root.history()
         before = self.root.current()
         result = dict(changed=False, previous=before, unpacked=False, switched=False, pruned=[])
         leftovers = self.root.leftovers()
@@ -501,6 +560,7 @@ def main():
             strip_components=dict(type="int", default=0),
             max_members=dict(type="int", default=100000),
             max_size=dict(type="int", default=2 * 1024 ** 3),
+            max_depth=dict(type="int", default=MAX_DEPTH),
             owner=dict(type="str"),
             group=dict(type="str"),
             mode=dict(type="raw", default="0755"),
@@ -510,28 +570,37 @@ def main():
     p = module.params
     if p["keep_releases"] < 1:
         module.fail_json(msg="keep_releases must be at least 1 (the current release), got %d" % p["keep_releases"])
-    for name in ("strip_components", "max_members", "max_size"):
+    for name in ("strip_components", "max_members", "max_size", "max_depth"):
         if p[name] < 0:
             module.fail_json(msg="%s must not be negative, got %d" % (name, p[name]))
 
-    lock = None
+    lock = release = None
     try:
         release = Release(module)
+        root = release.root
+        if p["state"] == "query" or module.check_mode:
+            root.open()
+        elif p["state"] == "failed":
+            root.ensure_state_dir()  # the history and the lock, nothing else
+        else:
+            root.ensure_layout()
         if p["state"] != "query" and not module.check_mode:
-            if p["state"] == "failed":
-                release.root.ensure_state_dir()  # the history and the lock, nothing else
-            else:
-                release.root.ensure_layout()
-            lock = RootLock(os.path.join(release.root.state_dir, "lock")).acquire()
+            lock = root.lock()
             if lock.stale:
                 module.warn("took over the lock %s left by pid %s on %s (started %s), which is no longer running"
                             % (lock.path, lock.stale.get("pid"), lock.stale.get("host"), lock.stale.get("started")))
         result = release.run()
     except ReleaseError as e:
         module.fail_json(msg=str(e), root=p["root"])
+    except OSError as e:
+        module.fail_json(msg="%s failed under %s: %s" % (
+            "an operation on %s" % e.filename if e.filename else "a file operation", p["root"], e.strerror or e),
+            root=p["root"])
     finally:
         if lock is not None:
             lock.release()
+        if release is not None:
+            release.root.close()
     module.exit_json(**result)
 
 

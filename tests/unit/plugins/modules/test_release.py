@@ -696,18 +696,27 @@ def test_a_stale_lock_is_taken_over_with_a_warning(run_module, site, tmp_path, m
     assert (root / ".pydeploy" / "lock").read_text() == ""
 
 
-def test_extract_reads_the_archive_once_as_a_stream(tmp_path, monkeypatch):
-    archive, _ = app_archive(tmp_path, "1")
-    modes = []
-    real_open = tarfile.open
+def test_extract_reads_the_archive_once_from_one_descriptor(run_module, site, tmp_path, monkeypatch):
+    """The archive is opened once, by the module, and every byte the digest covers
+    is a byte that was unpacked: tarfile never opens a path of its own."""
+    root, _ = site
+    archive = app_archive(tmp_path, "1")
+    opened = []
+    real_open = os.open
 
-    def spy(name=None, mode="r", *a, **kw):
-        modes.append(mode)
-        return real_open(name, mode, *a, **kw)
+    def spy_open(path, *a, **kw):
+        if path == archive[0]:
+            opened.append(path)
+        return real_open(path, *a, **kw)
 
-    monkeypatch.setattr(_release.tarfile, "open", spy)
-    dest = tmp_path / "out"
-    dest.mkdir()
-    members, size = _release.extract(archive, str(dest))
-    assert modes == ["r|*"] and members == 4 and size == len("VERSION = '1'\n") + len("body{}") + len(
-        "#!/usr/bin/env python3\n")
+    def no_path(*a, **kw):
+        raise AssertionError("tarfile opened the archive by its path")
+
+    monkeypatch.setattr(release.os, "open", spy_open)
+    monkeypatch.setattr(_release.tarfile.TarFile, "gzopen", no_path)
+    monkeypatch.setattr(release, "sha256_file", no_path)
+    result, failed = deploy(run_module, root, archive)
+    assert not failed, result["msg"]
+    assert opened == [archive[0]]
+    assert result["manifest"]["members"] == 4
+    assert result["manifest"]["size"] == len("VERSION = '1'\n") + len("body{}") + len("#!/usr/bin/env python3\n")
