@@ -31,24 +31,50 @@ description:
 author:
   - pydeploy.web contributors
 options:
+  state:
+    description:
+      - V(present) builds or reuses the virtualenv of O(requirements).
+      - V(pruned) removes the virtualenvs under O(base_dir) that none of O(keep_requirements) gives
+        (their keys computed with O(python)) and that O(keep) does not name, in one call. Only
+        directories this module built (with its marker file) are removed. When the key of one of
+        O(keep_requirements) cannot be worked out (its file is gone or unreadable), nothing is
+        removed and RV(unknown) names it.
+    type: str
+    choices: [present, pruned]
+    default: present
   base_dir:
     description:
       - Directory that holds the virtualenvs, one per key, for example C(/srv/mysite/venvs).
       - It must exist and be writable by the user the module runs as.
     type: path
     required: true
+  keep_requirements:
+    description:
+      - With O(state=pruned), the requirements files whose virtualenvs stay, for example those
+        of the releases kept on the host.
+    type: list
+    elements: path
+    default: []
+  keep:
+    description:
+      - With O(state=pruned), virtualenvs that stay whatever their key (paths or keys), for
+        example the one the serving instance runs.
+    type: list
+    elements: str
+    default: []
   requirements:
     description:
       - Path on the managed host of a pinned requirements file (C(name==version) lines).
+      - Required with O(state=present).
       - Lines C(-r FILE) and C(-c FILE) are followed (relative to the file that names
         them) and their content is part of the key.
       - Requirements that are not pinned with C(==) or C(===) (or given by hash or URL)
         produce a warning, since the same key could then hold different versions over time.
     type: path
-    required: true
   python:
     description:
-      - Interpreter the virtualenv is created from.
+      - Interpreter the virtualenv is created from (with O(state=pruned), the one the keys are
+        computed for).
     type: path
     default: /usr/bin/python3
   installer:
@@ -88,14 +114,16 @@ options:
 attributes:
   check_mode:
     support: full
-    details: The interpreter is probed and the requirements are read; nothing is written.
+    details:
+      - The interpreter is probed and the requirements are read; nothing is written.
+      - With O(state=pruned), RV(pruned) lists what would be removed.
   diff_mode:
     support: none
   platform:
     platforms: posix
 notes:
-  - Old virtualenvs are not removed by this module; a release that is rolled back to
-    needs its own.
+  - O(state=present) never removes a virtualenv; a release that is rolled back to needs its
+    own. O(state=pruned) removes those no kept release uses.
   - A lock file C(base_dir/.<key>.lock) keeps two runs from building the same key at once.
 seealso:
   - module: ansible.builtin.pip
@@ -126,37 +154,66 @@ EXAMPLES = r"""
 - name: Start the app from it
   ansible.builtin.debug:
     msg: "{{ mysite_venv.path }}/bin/gunicorn"
+
+- name: Remove the virtualenvs that none of the kept releases uses
+  pydeploy.web.venv:
+    state: pruned
+    base_dir: /srv/mysite/venvs
+    keep_requirements:
+      - /srv/mysite/releases/3f2a9c1b7d4e/requirements.txt
+      - /srv/mysite/releases/9f86d081884c/requirements.txt
+    keep: ["{{ mysite_venv.path }}"]
+  become: true
+  become_user: mysite
 """
 
 RETURN = r"""
 path:
   description: Absolute path of the virtualenv for these requirements (built or reused).
-  returned: always
+  returned: with O(state=present)
   type: str
   sample: /srv/mysite/venvs/5d41402abc4b2a76
 key:
   description: The key the virtualenv is named after (16 hex characters).
-  returned: always
+  returned: with O(state=present)
   type: str
   sample: 5d41402abc4b2a76
 reused:
   description: V(true) when a complete virtualenv with this key existed and the installer did not run.
-  returned: always
+  returned: with O(state=present)
   type: bool
   sample: true
+pruned:
+  description: Keys of the virtualenvs removed (in check mode, that would be removed).
+  returned: with O(state=pruned)
+  type: list
+  elements: str
+  sample: [0a1b2c3d4e5f6071]
+kept:
+  description: Keys that stay, those of O(keep_requirements) and O(keep).
+  returned: with O(state=pruned)
+  type: list
+  elements: str
+  sample: [5d41402abc4b2a76]
+unknown:
+  description: Files of O(keep_requirements) whose key could not be worked out; nothing was removed then.
+  returned: with O(state=pruned)
+  type: list
+  elements: str
+  sample: []
 python:
   description: Interpreter the virtualenv was created from.
-  returned: always
+  returned: with O(state=present)
   type: str
   sample: /usr/bin/python3.11
 python_version:
   description: Full version of that interpreter.
-  returned: always
+  returned: with O(state=present)
   type: str
   sample: 3.11.2
 requirements_sha256:
   description: SHA-256 of the requirements file itself (without included files).
-  returned: always
+  returned: with O(state=present)
   type: str
   sample: 2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae
 packages:
@@ -166,12 +223,12 @@ packages:
   sample: {"Django": "5.2.8", "gunicorn": "23.0.0"}
 installer:
   description: Installer that built the virtualenv.
-  returned: always
+  returned: with O(state=present)
   type: str
   sample: pip
 duration:
   description: Seconds spent building, 0 when reused.
-  returned: always
+  returned: with O(state=present)
   type: float
   sample: 21.4
 """
@@ -188,7 +245,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 MARKER = ".pydeploy-venv.json"
-KEY_VERSION = "pydeploy-venv-key-v1"
+_KEY_NAME = re.compile(r"[0-9a-f]{16}\Z")
+KEY_VERSION = "pydeploy-venv-key-v2"  # v2: files named relative to the first one, not by path
 TAIL_LINES = 25
 
 _PROBE = (
@@ -249,10 +307,13 @@ class VenvError(Exception):
         self.result = result
 
 
-def read_requirements(path, seen=None):
+def read_requirements(path, seen=None, top=None):
     """Return (bytes to hash, list of unpinned requirement lines) for a requirements
-    file and every file it includes with -r/-c, in the order pip reads them."""
+    file and every file it includes with -r/-c, in the order pip reads them. Files are
+    named in the bytes by their path relative to the first file's directory: the same
+    requirements in another release directory give the same key."""
     seen = seen if seen is not None else set()
+    top = top if top is not None else os.path.dirname(os.path.abspath(path))
     real = os.path.realpath(path)
     if real in seen:
         return b"", []
@@ -262,7 +323,8 @@ def read_requirements(path, seen=None):
             data = f.read()
     except OSError as e:
         raise VenvError("cannot read requirements file %s: %s" % (path, e.strerror))
-    chunks = [path.encode() + b"\0" + data + b"\0"]
+    name = os.path.relpath(os.path.abspath(path), top)
+    chunks = [name.encode() + b"\0" + data + b"\0"]
     unpinned = []
     for raw in data.decode("utf-8", "replace").splitlines():
         line = raw.split(" #", 1)[0].strip()
@@ -275,7 +337,7 @@ def read_requirements(path, seen=None):
                 unpinned.append(line)
                 continue
             target = os.path.join(os.path.dirname(path), target)
-            more, more_unpinned = read_requirements(target, seen)
+            more, more_unpinned = read_requirements(target, seen, top)
             chunks.append(more)
             unpinned.extend(more_unpinned)
             continue
@@ -332,7 +394,9 @@ class Venv:
         self.module = module
         p = module.params
         self.base_dir = os.path.abspath(p["base_dir"])
-        self.requirements = os.path.abspath(p["requirements"])
+        self.requirements = os.path.abspath(p["requirements"]) if p["requirements"] else None
+        self.keep_requirements = [os.path.abspath(r) for r in p["keep_requirements"]]
+        self.keep = p["keep"]
         self.python = p["python"]
         self.installer = p["installer"]
         self.uv = p["uv"]
@@ -483,11 +547,40 @@ class Venv:
         return result
 
 
+    def prune(self):
+        interp = self.probe()
+        keep, unknown = set(), []
+        for path in self.keep_requirements:
+            try:
+                data, _ = read_requirements(path)
+            except VenvError:
+                unknown.append(path)
+                continue
+            keep.add(venv_key(interp, data))
+        keep.update(os.path.basename(os.path.normpath(k)) for k in self.keep if k)
+        result = dict(changed=False, pruned=[], kept=sorted(keep), unknown=unknown)
+        if unknown or not os.path.isdir(self.base_dir):
+            return result  # a kept release whose key cannot be worked out keeps every virtualenv
+        for name in sorted(os.listdir(self.base_dir)):
+            path = os.path.join(self.base_dir, name)
+            if (name in keep or not _KEY_NAME.match(name) or os.path.islink(path) or not os.path.isdir(path)
+                    or self.read_marker(path) is None):
+                continue  # not a virtualenv this module built, or one to keep
+            result["pruned"].append(name)
+            if not self.module.check_mode:
+                shutil.rmtree(path)
+        result["changed"] = bool(result["pruned"])
+        return result
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            state=dict(type="str", choices=["present", "pruned"], default="present"),
             base_dir=dict(type="path", required=True),
-            requirements=dict(type="path", required=True),
+            requirements=dict(type="path"),
+            keep_requirements=dict(type="list", elements="path", default=[]),
+            keep=dict(type="list", elements="str", default=[]),
             python=dict(type="path", default="/usr/bin/python3"),
             installer=dict(type="str", choices=["pip", "uv"], default="pip"),
             uv=dict(type="path"),
@@ -495,11 +588,12 @@ def main():
             environment=dict(type="dict", default={}, no_log=True),
             compile=dict(type="bool", default=True),
         ),
-        required_if=[("installer", "uv", ["uv"])],
+        required_if=[("installer", "uv", ["uv"]), ("state", "present", ["requirements"])],
         supports_check_mode=True,
     )
     try:
-        result = Venv(module).ensure()
+        venv = Venv(module)
+        result = venv.ensure() if module.params["state"] == "present" else venv.prune()
     except VenvError as e:
         module.fail_json(msg=e.msg, **e.result)
     module.exit_json(**result)

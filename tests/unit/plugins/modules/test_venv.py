@@ -115,6 +115,24 @@ def test_unchanged_requirements_reuse_the_venv_without_running_the_installer(run
     assert second["packages"] == {"hello": "1.0"}
 
 
+def test_the_same_requirements_of_another_release_reuse_the_venv(run_module, site, tmp_path, commands):
+    """Each release has its requirements file in its own directory: the path is not
+    part of the key, the content (and what it includes, by relative name) is."""
+    base, req, args = site
+    first, _ = run_module(venv.main, args)
+    other = tmp_path / "releases" / "9f86d081884c"
+    other.mkdir(parents=True)
+    (other / "requirements.txt").write_text(req.read_text())
+    del commands[:]
+    second, failed = run_module(venv.main, dict(args, requirements=str(other / "requirements.txt")))
+    assert not failed, second["msg"]
+    assert second["reused"] and second["path"] == first["path"] and installs(commands) == []
+    (other / "more.txt").write_text("greet==1.0\n")
+    (other / "requirements.txt").write_text("hello==1.0\n-r more.txt\n")
+    third, _ = run_module(venv.main, dict(args, requirements=str(other / "requirements.txt")))
+    assert third["key"] != first["key"]
+
+
 def test_changed_requirements_build_a_new_venv_and_keep_the_old(run_module, site):
     base, req, args = site
     old, _ = run_module(venv.main, args)
@@ -277,3 +295,39 @@ def test_a_tls_failure_is_reported_as_such_not_as_a_missing_package(run_module, 
     assert failed
     assert "the package index could not be reached (TLS certificate not trusted" in result["msg"]
     assert os.listdir(base) == []
+
+
+def test_pruned_removes_what_no_kept_requirements_give_and_nothing_else(run_module, site, tmp_path):
+    base, req, args = site
+    kept, _ = run_module(venv.main, args)
+    other_req = tmp_path / "other.txt"
+    other_req.write_text("hello==2.0\n")
+    other, _ = run_module(venv.main, dict(args, requirements=str(other_req)))
+    by_path = tmp_path / "third.txt"
+    by_path.write_text("greet==1.0\n")
+    third, _ = run_module(venv.main, dict(args, requirements=str(by_path)))
+    foreign = base / ("ab" * 8)
+    foreign.mkdir()  # a key-like directory the module did not build: never removed
+    prune = dict(state="pruned", base_dir=str(base), python=PYTHON, keep_requirements=[str(req)],
+                 keep=[third["path"]])
+    # Check mode names what would go and removes nothing.
+    preview, failed = run_module(venv.main, prune, check_mode=True)
+    assert not failed and preview["changed"] and preview["pruned"] == [other["key"]]
+    assert os.path.isdir(other["path"])
+    result, failed = run_module(venv.main, prune)
+    assert not failed, result["msg"]
+    assert result["changed"] and result["pruned"] == [other["key"]]
+    assert sorted(result["kept"]) == sorted([kept["key"], third["key"]])
+    assert sorted(os.listdir(base)) == sorted([kept["key"], third["key"], foreign.name])
+    again, _ = run_module(venv.main, prune)
+    assert again["changed"] is False and again["pruned"] == []
+
+
+def test_pruned_keeps_everything_when_a_kept_release_key_is_unknown(run_module, site, tmp_path):
+    base, req, args = site
+    built, _ = run_module(venv.main, args)
+    result, failed = run_module(venv.main, dict(state="pruned", base_dir=str(base), python=PYTHON,
+                                                keep_requirements=[str(tmp_path / "gone" / "requirements.txt")]))
+    assert not failed and result["changed"] is False and result["pruned"] == []
+    assert result["unknown"] == [str(tmp_path / "gone" / "requirements.txt")]
+    assert os.listdir(base) == [built["key"]]
