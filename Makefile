@@ -62,7 +62,8 @@ molecule: $(VENV)/.installed test-images ## One Molecule scenario: make molecule
 	molecule test -s $(S)
 
 molecule-all: $(VENV)/.installed test-images ## Every Molecule scenario, one after the other
-	@for s in $(SCENARIOS); do echo "=== molecule scenario $$s"; molecule test -s $$s || exit 1; done
+	@for s in $(SCENARIOS); do echo "=== molecule scenario $$s"; t0=$$(date +%s); molecule test -s $$s || exit 1; \
+	    echo "=== molecule scenario $$s passed in $$(( $$(date +%s) - t0 )) s"; done
 
 clean: ## Remove build output (not the images or caches)
 	rm -rf pydeploy-web-*.tar.gz .pytest_cache

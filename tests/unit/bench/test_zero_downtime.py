@@ -3,28 +3,19 @@ failures by outcome, the table) and the load generator, against HTTP servers on
 127.0.0.1. The script has no .py suffix, so it is loaded from its path; nothing here
 starts a container."""
 import http.server
-import importlib.machinery
-import importlib.util
 import os
 import socket
 import threading
 import time
 
 import pytest
+from scriptload import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SCRIPT = os.path.join(ROOT, "bench", "zero_downtime", "run")
 
 
-def load_script():
-    loader = importlib.machinery.SourceFileLoader("zero_downtime", SCRIPT)
-    spec = importlib.util.spec_from_loader("zero_downtime", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-zd = load_script()
+zd = load_script("bench/zero_downtime/run", "zero_downtime")
 
 
 # -- percentile -------------------------------------------------------------------------

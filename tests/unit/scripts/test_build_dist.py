@@ -3,8 +3,6 @@ so it is loaded from its path; the command line is run as a subprocess."""
 import ast
 import gzip
 import hashlib
-import importlib.machinery
-import importlib.util
 import io
 import os
 import shutil
@@ -13,20 +11,13 @@ import sys
 import tarfile
 
 import pytest
+from scriptload import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SCRIPT = os.path.join(ROOT, "scripts", "build-dist")
 
 
-def load_script():
-    loader = importlib.machinery.SourceFileLoader("build_dist", SCRIPT)
-    spec = importlib.util.spec_from_loader("build_dist", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-bd = load_script()
+bd = load_script("scripts/build-dist", "build_dist")
 
 
 @pytest.fixture(autouse=True)
@@ -212,6 +203,15 @@ def test_newdeps_variant_adds_a_requirement(tmp_path):
 
     # Nothing else differs.
     assert other_files(plain, "django-1.0.0/") == other_files(newdeps, "django-2.0.0/")
+
+
+def test_newdeps_variant_takes_another_extra_requirement(tmp_path):
+    path, _ = bd.build("flask", "2.0.1", str(tmp_path), variant="newdeps", extra_requirement="six==1.15.0")
+    req = read_member(path, "flask-2.0.1/requirements.txt").decode()
+    assert [l for l in req.splitlines() if l.startswith("six")] == ["six==1.15.0"]
+    for bad, variant in (("six", "newdeps"), ("six==1.15.0; rm -rf /", "newdeps"), ("six==1.15.0", None)):
+        with pytest.raises(bd.BuildError):
+            bd.build("flask", "2.0.2", str(tmp_path), variant=variant, extra_requirement=bad)
 
 
 @pytest.mark.parametrize("app", ["django", "flask"])
