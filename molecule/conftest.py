@@ -2,9 +2,30 @@
 read what every task returned."""
 import json
 import os
+import re
 import subprocess
 
 import pytest
+
+
+# testinfra's id of a test host ("ansible://debian12") in a test's parameters, as in
+# "test_x[ansible://debian12]" or "test_x[ansible://debian12-import-raises]".
+HOST_ID = re.compile(r"\[(?:[^\]]*-)?([a-z]+://[^\]-]+)")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist (-n 2): one work unit per test host. A host's tests run in file
+    order on one worker, as they must (they build on each other), while the scenario's
+    hosts are verified side by side. A test with no host in its id is a unit of its own."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByHost(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            found = HOST_ID.search(nodeid)
+            return found.group(1) if found else nodeid
+
+    return ByHost(config, log)
 
 
 class PlayResult:
