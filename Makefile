@@ -11,8 +11,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export PYDEPLOY_CACHE_DIR ?= /var/cache/pydeploy-test
 # The scenarios' playbooks run under Mitogen for Ansible's strategy (mitogen in
 # requirements-dev.txt): the same tasks, about 3x less overhead each (bench/pertask), so
-# make test fits CI's budget. The collection does not need it; e2e_flask_uwsgi runs
-# under Ansible's default strategy, as most users do, and
+# make test fits CI's budget. The collection does not need it; e2e_flask_uwsgi
+# converges under Ansible's default strategy, as most users run site.yml, and
 # `make molecule-all PYDEPLOY_TEST_STRATEGY=linear` runs them all that way.
 PYDEPLOY_TEST_STRATEGY ?= mitogen_linear
 MOLECULE_ENV = ANSIBLE_STRATEGY=$(PYDEPLOY_TEST_STRATEGY) \
