@@ -31,7 +31,11 @@ demo: $(VENV)/.installed ## Deploy the example Django project into a container w
 demo-clean: ## Remove the demo container
 	scripts/demo clean
 
-test: lint build unit molecule-all ## Lint, artifact check, unit tests and every Molecule scenario
+# The checks side by side (each one's output kept together), then the scenarios, one at a
+# time.
+test: ## Lint, artifact check, unit tests and every Molecule scenario
+	$(MAKE) --no-print-directory -j3 --output-sync=target lint build unit
+	$(MAKE) --no-print-directory molecule-all
 
 $(VENV)/.installed: requirements-dev.txt
 	@[ -x $(PY) ] || python3 -m venv $(VENV)

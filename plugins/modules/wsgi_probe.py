@@ -22,9 +22,9 @@ description:
   - The method is always C(GET) and no request body is sent.
   - A missing socket file, a refused, reset or timed out connection, an answer that is not
     HTTP and an answer with a status not in O(status_code) all mean "not yet"; the request
-    is sent again after O(delay) seconds, until an expected status comes back or O(wait)
-    seconds have passed since the first attempt. Then the task fails, naming the last
-    answer or error.
+    is sent again after O(delay) seconds, until an expected status comes back, or O(wait)
+    seconds have passed since the first attempt, or O(answer_wait) seconds since the first
+    answer. Then the task fails, naming the last answer or error.
   - Uses the Python standard library only.
 author:
   - pydeploy.web contributors
@@ -99,6 +99,17 @@ options:
       - V(0) makes a single attempt.
     type: float
     default: 30
+  answer_wait:
+    description:
+      - Seconds after the first answer, whatever its status, during which new attempts are
+        made. Once they have passed, an answer that is still not one of O(status_code) fails
+        the task, even if O(wait) has not run out. So O(wait) is the time a server gets to
+        start answering, and O(answer_wait) the time an answering server gets to become
+        healthy (a health path that answers 503 while the application warms up, say).
+      - A missing socket or a refused connection is not an answer. Errors after the first
+        answer (the server restarting, say) do not stop its clock.
+      - Unset, O(wait) alone bounds the attempts.
+    type: float
   delay:
     description: Seconds between the end of one attempt and the start of the next.
     type: float
@@ -505,13 +516,14 @@ def _seconds(value):
 
 def probe(socket_path, protocol="http", path="/", host="localhost", headers=None, scheme="http",
           status_code=(200,), timeout=10.0, wait=30.0, delay=0.5, body_limit=4096,
-          clock=time.monotonic, sleep=time.sleep):
+          answer_wait=None, clock=time.monotonic, sleep=time.sleep):
     """Probe until an expected status comes back or wait runs out.
 
     Returns (result, msg): msg is None on success, else why it failed."""
     result = dict(status=0, reason="", body="", headers={}, attempts=0, elapsed=0.0,
                   socket=socket_path, protocol=protocol, path=path)
     started = clock()
+    answered = None  # when the first answer came
     last_error = None
     while True:
         result["attempts"] += 1
@@ -523,15 +535,21 @@ def probe(socket_path, protocol="http", path="/", host="localhost", headers=None
             last_error = describe_error(e, socket_path, timeout)
         else:
             last_error = None
+            if answered is None:
+                answered = clock()
             result.update(status=status, reason=reason, headers=answer_headers, body=body)
             if status in status_code:
                 result["elapsed"] = round(clock() - started, 3)
                 return result, None
         now = clock()
         if now + delay - started >= wait:
-            result["elapsed"] = round(now - started, 3)
+            stopped_by = "within %s s" % _seconds(wait)
+            break
+        if answer_wait is not None and answered is not None and now + delay - answered >= answer_wait:
+            stopped_by = "within %s s of its first answer" % _seconds(answer_wait)
             break
         sleep(delay)
+    result["elapsed"] = round(now - started, 3)
 
     answer = None
     if result["status"]:
@@ -546,8 +564,8 @@ def probe(socket_path, protocol="http", path="/", host="localhost", headers=None
         if answer:
             outcome += "; the last answer before that was " + answer
     attempts = result["attempts"]
-    msg = "GET %s on unix socket %s (%s) did not answer %s within %s s (%d attempt%s): %s" % (
-        path, socket_path, protocol, _codes(status_code), _seconds(wait), attempts,
+    msg = "GET %s on unix socket %s (%s) did not answer %s %s (%d attempt%s): %s" % (
+        path, socket_path, protocol, _codes(status_code), stopped_by, attempts,
         "" if attempts == 1 else "s", outcome)
     return result, msg
 
@@ -564,6 +582,7 @@ def main():
             status_code=dict(type="list", elements="int", default=[200]),
             timeout=dict(type="float", default=10.0),
             wait=dict(type="float", default=30.0),
+            answer_wait=dict(type="float"),
             delay=dict(type="float", default=0.5),
             body_limit=dict(type="int", default=4096),
         ),
@@ -589,8 +608,8 @@ def main():
             bad("status_code: %d is not an HTTP status (100-599)" % code)
     if not p["timeout"] > 0:
         bad("timeout must be more than 0 seconds, got %g" % p["timeout"])
-    for name in ("wait", "delay", "body_limit"):
-        if p[name] < 0:
+    for name in ("wait", "answer_wait", "delay", "body_limit"):
+        if p[name] is not None and p[name] < 0:
             bad("%s must not be negative, got %s" % (name, p[name]))
     if p["protocol"] == "uwsgi":
         try:
@@ -600,7 +619,8 @@ def main():
 
     result, msg = probe(p["socket"], protocol=p["protocol"], path=p["path"], host=p["host"],
                         headers=p["headers"], scheme=p["scheme"], status_code=p["status_code"],
-                        timeout=p["timeout"], wait=p["wait"], delay=p["delay"], body_limit=p["body_limit"])
+                        timeout=p["timeout"], wait=p["wait"], answer_wait=p["answer_wait"], delay=p["delay"],
+                        body_limit=p["body_limit"])
     result["changed"] = False
     if msg:
         module.fail_json(msg=msg, **result)

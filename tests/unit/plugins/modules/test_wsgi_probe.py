@@ -339,6 +339,41 @@ def test_a_socket_that_appears_later_is_waited_for(serve):
     assert 0.45 <= result["elapsed"] <= time.monotonic() - started + 0.001
 
 
+def test_answer_wait_fails_an_answering_server_before_wait_runs_out(http_app):
+    _, path = http_app
+    started = time.monotonic()
+    result, msg = wp.probe(path, path="/fail", answer_wait=0.3, **quick(wait=30, delay=0.1))
+    assert time.monotonic() - started < 2  # not the 30 s of wait
+    assert result["status"] == 500 and result["attempts"] >= 2
+    assert 0.2 <= result["elapsed"] < 2
+    assert msg.startswith("GET /fail on unix socket %s (http) did not answer 200 within 0.3 s of its first answer "
+                          "(%d attempts): last answer HTTP 500 Internal Server Error: boom" % (path, result["attempts"]))
+
+
+def test_answer_wait_leaves_a_server_that_is_not_up_yet_the_whole_of_wait(serve):
+    # No answer for 0.5 s (the socket appears late), then healthy: answer_wait does not
+    # count the time before the first answer.
+    _, path = serve(HTTPHandler, after=0.5)
+    result, msg = wp.probe(path, path="/ok", answer_wait=0.1, **quick(wait=2, delay=0.1))
+    assert msg is None, msg
+    assert result["status"] == 200 and result["attempts"] > 1
+
+
+def test_answer_wait_lets_a_warming_server_become_healthy(serve):
+    # 503 for the first answers, then 200: within answer_wait, the probe waits for it.
+    answers = iter([503, 503, 503])
+
+    class Warming(HTTPHandler):
+        def do_GET(self):
+            code = next(answers, 200)
+            self.answer(code, "warming" if code == 503 else "fine")
+
+    _, path = serve(Warming)
+    result, msg = wp.probe(path, path="/ok", answer_wait=2, **quick(wait=2, delay=0.05))
+    assert msg is None, msg
+    assert (result["status"], result["body"], result["attempts"]) == (200, "fine", 4)
+
+
 def test_a_missing_socket_fails_saying_it_does_not_exist(workdir):
     path = os.path.join(workdir, "nothing.sock")
     result, msg = wp.probe(path, protocol="uwsgi", path="/health/", **quick(wait=0.2, delay=0.05))
@@ -435,6 +470,7 @@ def test_module_garbage_answer_is_not_yet(run_module, uwsgi_app):
     (dict(status_code=[200, 42]), "status_code: 42 is not an HTTP status"),
     (dict(timeout=0), "timeout must be more than 0"),
     (dict(wait=-1), "wait must not be negative"),
+    (dict(answer_wait=-1), "answer_wait must not be negative"),
     (dict(body_limit=-1), "body_limit must not be negative"),
     (dict(protocol="uwsgi", headers={"X-Big": "x" * 70000}), "longer than 65535 bytes"),
     (dict(protocol="uwsgi", headers={"X-Big": "x" * 40000, "X-Bigger": "y" * 40000}), "at most 65535"),
