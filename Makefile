@@ -37,10 +37,12 @@ test: ## Lint, artifact check, unit tests and every Molecule scenario
 	$(MAKE) --no-print-directory -j3 --output-sync=target lint build unit
 	$(MAKE) --no-print-directory molecule-all
 
+# --no-compile: the modules the tools import are compiled when first imported, not the
+# whole of the ansible package's collections (33 s of a 46 s install, measured here).
 $(VENV)/.installed: requirements-dev.txt
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-compile -r requirements-dev.txt
 	@touch $@
 
 lint: $(VENV)/.installed ## ansible-lint (production profile), role interface check, module docs
