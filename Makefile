@@ -65,9 +65,11 @@ lint: $(VENV)/.installed ## ansible-lint (production profile), role interface ch
 
 build: $(VENV)/.installed ## Build the collection artifact and check what it holds
 	ansible-galaxy collection build --force
-	@bad=$$(tar tzf pydeploy-web-*.tar.gz | grep -E '^(molecule|tests|bench|scripts|examples|dist|\.demo|\.venv|\.collections)/' || true); \
+	@bad=$$(tar tzf pydeploy-web-*.tar.gz | grep -E '^(molecule|tests|bench|scripts|examples/(django|flask)|dist|\.demo|\.venv|\.collections)/' || true); \
 	    if [ -n "$$bad" ]; then echo "the artifact holds files that build_ignore should keep out:"; echo "$$bad" | head; exit 1; fi; \
-	    echo "artifact: $$(ls pydeploy-web-*.tar.gz), $$(tar tzf pydeploy-web-*.tar.gz | wc -l) entries, no tests or scenarios"
+	    for f in LICENSE examples/inventory/group_vars/web/app.yml; do \
+	        tar tzf pydeploy-web-*.tar.gz | grep -x "$$f" >/dev/null || { echo "the artifact lacks $$f"; exit 1; }; done; \
+	    echo "artifact: $$(ls pydeploy-web-*.tar.gz), $$(tar tzf pydeploy-web-*.tar.gz | wc -l) entries, no tests, scenarios or example apps"
 
 dist: ## Build the example apps' release archives under dist/ (scripts/build-dist all)
 	scripts/build-dist all

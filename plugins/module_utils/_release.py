@@ -190,7 +190,7 @@ def _open_trusted_root(path, uids, create):
                         where = "/"
                     todo.extend(c for c in reversed(target.split("/")) if c)
                     continue
-            nfd, _ = _open_dir_at(fd, comp, here, create and comp != "..")
+            nfd, _created = _open_dir_at(fd, comp, here, create and comp != "..")
             if nfd is None:
                 os.close(fd)
                 return None
@@ -246,7 +246,7 @@ def rmtree_at(parent_fd, name):
                 fd = nfd
                 path.append((sub, (nst.st_dev, nst.st_ino)))
                 continue
-            done, _ = path.pop()
+            done, _ident = path.pop()
             if not path:
                 os.close(fd)
                 fd = None
@@ -841,7 +841,7 @@ class Root:
         if self.fd is None:
             return self
         for name, attr in (("releases", "releases_fd"), (".pydeploy", "state_fd"), ("shared", "shared_fd")):
-            fd, _ = _open_dir_at(self.fd, name, os.path.join(self.path, name), name in create)
+            fd, _created = _open_dir_at(self.fd, name, os.path.join(self.path, name), name in create)
             setattr(self, attr, fd)
             if fd is not None and name != "shared":
                 _check_trusted(fd, os.path.join(self.path, name), self.uids)
@@ -1226,7 +1226,7 @@ def _seed_shared(parent_fd, name, inside, owner, raw):
     except FileExistsError:
         return
     try:
-        fd, _ = _open_dir_at(parent_fd, name, "shared/" + raw, create=False)
+        fd, _created = _open_dir_at(parent_fd, name, "shared/" + raw, create=False)
     except ReleaseError as e:
         raise ReleaseError("shared_paths entry %r: %s" % (raw, e))
     if fd is None:

@@ -27,7 +27,7 @@ description:
   - Any other command runs with O(args) and is reported as changed; use C(changed_when)
     in the play to say otherwise.
 author:
-  - pydeploy.web contributors
+  - pydeploy.web contributors (@pydeploy)
 options:
   command:
     description:
@@ -171,6 +171,9 @@ options:
     type: str
     choices: [on_create, always]
     default: on_create
+extends_documentation_fragment:
+  - pydeploy.web.attributes
+  - pydeploy.web.attributes.platform
 attributes:
   check_mode:
     support: partial
@@ -186,8 +189,6 @@ attributes:
         did not run in check mode would create it), the task is skipped with a warning.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
 notes:
   - "The environment of the command is exactly this, in increasing precedence -
     C(PATH) (the virtualenv's C(bin) first, then the system directories), C(HOME), C(USER)
@@ -311,18 +312,18 @@ cmd:
   elements: str
   sample: ["/srv/mysite/venvs/5d41402abc4b2a76/bin/python", "/srv/mysite/current/manage.py", "migrate", "--noinput", "--no-color"]
 rc:
-  description: Exit status of O(cmd).
-  returned: when O(cmd) ran
+  description: Exit status of RV(cmd).
+  returned: when RV(cmd) ran
   type: int
   sample: 0
 stdout:
-  description: Standard output of O(cmd) (the last lines when the task failed).
-  returned: when O(cmd) ran
+  description: Standard output of RV(cmd) (the last lines when the task failed).
+  returned: when RV(cmd) ran
   type: str
   sample: "Operations to perform:\n  Apply all migrations: admin, auth, contenttypes, notes, sessions, tags\n"
 stderr:
-  description: Standard error of O(cmd) (the last lines when the task failed).
-  returned: when O(cmd) ran
+  description: Standard error of RV(cmd) (the last lines when the task failed).
+  returned: when RV(cmd) ran
   type: str
   sample: ""
 applied:
@@ -693,7 +694,7 @@ def parse_collectstatic(stdout):
     counts = {"deleted": len(_DELETED.findall(stdout))}
     found = _COLLECTED.findall(stdout)
     if found:
-        copied, _, rest = found[-1]
+        copied, _sep, rest = found[-1]
         counts["copied"] = int(copied)
         m = _UNMODIFIED.search(rest)
         counts["unmodified"] = int(m.group(1)) if m else 0

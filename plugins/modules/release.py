@@ -56,7 +56,7 @@ description:
   - When the release is already unpacked with the same SHA-256, the archive is not read
     at all, so a re-run costs a few system calls.
 author:
-  - pydeploy.web contributors
+  - pydeploy.web contributors (@pydeploy)
 options:
   root:
     description:
@@ -160,6 +160,9 @@ options:
       - Files keep their archive modes, without setuid, setgid, sticky and group/world write bits.
     type: raw
     default: "0755"
+extends_documentation_fragment:
+  - pydeploy.web.attributes
+  - pydeploy.web.attributes.platform
 attributes:
   check_mode:
     support: full
@@ -169,14 +172,11 @@ attributes:
   diff_mode:
     support: full
     details: Shows the target of C(current) and the list of releases before and after.
-  platform:
-    platforms: posix
 notes:
   - Run it with privileges that can create O(root) and set O(owner); the app_release role does.
   - O(src) must be on the managed host; the P(pydeploy.web.app_release#role) role copies it there
     only when the release is not present yet.
 seealso:
-  - role: pydeploy.web.app_release
   - module: ansible.builtin.unarchive
   - module: community.general.deploy_helper
 """

@@ -29,7 +29,7 @@ description:
   - The virtualenv is owned by the user the module runs as, so run it with
     C(become_user) set to the application user.
 author:
-  - pydeploy.web contributors
+  - pydeploy.web contributors (@pydeploy)
 options:
   state:
     description:
@@ -111,6 +111,9 @@ options:
         access to C(__pycache__) and the first start is not slowed by compiling.
     type: bool
     default: true
+extends_documentation_fragment:
+  - pydeploy.web.attributes
+  - pydeploy.web.attributes.platform
 attributes:
   check_mode:
     support: full
@@ -119,15 +122,13 @@ attributes:
       - With O(state=pruned), RV(pruned) lists what would be removed.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
 notes:
   - O(state=present) never removes a virtualenv; a release that is rolled back to needs its
     own. O(state=pruned) removes those no kept release uses.
   - A lock file C(base_dir/.<key>.lock) keeps two runs from building the same key at once.
+  - The P(pydeploy.web.virtualenv#role) role runs this module as the application user.
 seealso:
   - module: ansible.builtin.pip
-  - role: pydeploy.web.virtualenv
 """
 
 EXAMPLES = r"""
@@ -552,7 +553,7 @@ class Venv:
         keep, unknown = set(), []
         for path in self.keep_requirements:
             try:
-                data, _ = read_requirements(path)
+                data, _unpinned = read_requirements(path)
             except VenvError:
                 unknown.append(path)
                 continue

@@ -27,7 +27,7 @@ description:
     answer. Then the task fails, naming the last answer or error.
   - Uses the Python standard library only.
 author:
-  - pydeploy.web contributors
+  - pydeploy.web contributors (@pydeploy)
 options:
   socket:
     description:
@@ -119,14 +119,15 @@ options:
       - Bytes of the response body read and returned in RV(body); the rest is not read.
     type: int
     default: 4096
+extends_documentation_fragment:
+  - pydeploy.web.attributes
+  - pydeploy.web.attributes.platform
 attributes:
   check_mode:
     support: full
     details: It only sends a C(GET) request, so it runs in check mode too and reports what the server answers.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
 notes:
   - The request goes to the application server directly; nginx and its configuration are
     not involved. Check the site through nginx as well, with M(ansible.builtin.uri).
@@ -134,7 +135,7 @@ notes:
     make their sockets C(0660), owned by the application user and nginx's group, so run this
     task with C(become) (root, the application user or nginx's user); otherwise every attempt
     fails with C(Permission denied).
-  - RV(changed) is always false.
+  - The task is never reported as changed.
 seealso:
   - module: ansible.builtin.uri
   - module: ansible.builtin.wait_for
@@ -345,7 +346,7 @@ def split_host(host):
 def _merge_headers(own, extra):
     """own headers, each replaced by an extra header of the same name (any case)."""
     extra = [(str(k), str(v)) for k, v in extra.items()]
-    names = {k.lower() for k, _ in extra}
+    names = {k.lower() for k, _value in extra}
     return [(k, v) for k, v in own if k.lower() not in names] + extra
 
 
@@ -358,7 +359,7 @@ def http_headers(host, headers, scheme):
 
 def uwsgi_vars(path, host, headers, scheme):
     """The uwsgi variables nginx's uwsgi_params would send for a GET of path, in order."""
-    path_part, _, query = path.partition("?")
+    path_part, _sep, query = path.partition("?")
     server_name, port = split_host(host)
     https = scheme == "https"
     env = [
@@ -517,7 +518,9 @@ def _seconds(value):
 def probe(socket_path, protocol="http", path="/", host="localhost", headers=None, scheme="http",
           status_code=(200,), timeout=10.0, wait=30.0, delay=0.5, body_limit=4096,
           answer_wait=None, clock=time.monotonic, sleep=time.sleep):
-    """Probe until an expected status comes back or wait runs out.
+    """Probe until an expected status comes back or wait runs out; with answer_wait
+    (seconds), also stop once the server has answered with another status for that long
+    since its first answer (it is up, but unhealthy).
 
     Returns (result, msg): msg is None on success, else why it failed."""
     result = dict(status=0, reason="", body="", headers={}, attempts=0, elapsed=0.0,
