@@ -20,12 +20,23 @@ MOLECULE_ENV = ANSIBLE_STRATEGY=$(PYDEPLOY_TEST_STRATEGY) \
 SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 S ?=
 
-.PHONY: help demo demo-clean test lint build dist unit molecule molecule-all test-images docs-check clean
+.PHONY: help collections demo demo-clean test lint sanity build dist unit molecule molecule-all test-images docs-check clean
+
+# What ansible.cfg's collections_path and the tests resolve pydeploy.web.* through: a link
+# back to this checkout, made here rather than committed (ansible-test and Galaxy refuse a
+# symlink to a directory inside a collection).
+COLLECTION_LINK := .collections/ansible_collections/pydeploy/web
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-demo: $(VENV)/.installed ## Deploy the example Django project into a container with site.yml, print its URL
+collections: $(COLLECTION_LINK) ## Link .collections/ansible_collections/pydeploy/web to this checkout (every target does it)
+
+$(COLLECTION_LINK):
+	@mkdir -p $(@D)
+	ln -sfn ../../.. $@
+
+demo: $(VENV)/.installed $(COLLECTION_LINK) ## Deploy the example Django project into a container with site.yml, print its URL
 	scripts/demo
 
 demo-clean: ## Remove the demo container
@@ -35,7 +46,7 @@ demo-clean: ## Remove the demo container
 # need about 2 of the 40 minutes on a controller the scenarios leave half idle, waiting
 # on their hosts). The checks' output is printed in one piece when they end; if they
 # fail, the scenarios stop after the one in progress and make test fails.
-test: $(VENV)/.installed test-images ## Lint, artifact check, unit tests and every Molecule scenario
+test: $(VENV)/.installed $(COLLECTION_LINK) test-images ## Lint, artifact check, unit tests and every Molecule scenario
 	@log=$$(mktemp); stop=$$log.stop; trap 'rm -f $$log $$stop' EXIT; t0=$$(date +%s); \
 	$(MAKE) --no-print-directory -j3 --output-sync=target lint build unit > $$log 2>&1 & checks=$$!; \
 	$(MAKE) --no-print-directory molecule-all MOLECULE_STOP_FILE=$$stop & scenarios=$$!; \
@@ -55,7 +66,7 @@ $(VENV)/.installed: requirements-dev.txt
 	$(PY) -m compileall -q -j 0 -x /ansible_collections/ $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 	@touch $@
 
-lint: $(VENV)/.installed ## ansible-lint (production profile), role interface check, module docs
+lint: $(VENV)/.installed $(COLLECTION_LINK) ## ansible-lint (production profile), role interface check, module docs
 	$(PY) scripts/check-role-interfaces
 	ansible-lint --profile production
 	@for f in plugins/modules/*.py; do m=$$(basename $$f .py); \
@@ -63,7 +74,22 @@ lint: $(VENV)/.installed ## ansible-lint (production profile), role interface ch
 	    if [ -n "$$err" ]; then echo "ansible-doc pydeploy.web.$$m: $$err"; exit 1; fi; \
 	    echo "ansible-doc pydeploy.web.$$m: renders"; done
 
-build: $(VENV)/.installed ## Build the collection artifact and check what it holds
+# ansible-test runs only inside .../ansible_collections/<namespace>/<name>/: it gets a copy of
+# the files git would commit (tracked and new, not ignored), in a git repository of its own
+# so that it checks what git holds, under build/sanity/. It bootstraps pip in its
+# virtualenvs with a get-pip.py it downloads from a host these machines cannot reach:
+# scripts/ansible-test-get-pip.py stands in, in ansible-test's cache.
+SANITY_ROOT := build/sanity/ansible_collections/pydeploy/web
+sanity: $(VENV)/.installed ## ansible-test sanity (every test that applies) on a copy of the tree
+	@v=$$($(PY) -c 'import types; from ansible_test._internal.python_requirements import get_venv_packages as p; print(p(types.SimpleNamespace(version="3.11"))["pip"])'); \
+	    mkdir -p ~/.ansible/test/cache; install -m 0644 scripts/ansible-test-get-pip.py ~/.ansible/test/cache/get_pip_$${v//./_}.py
+	@rm -rf build/sanity; mkdir -p $(SANITY_ROOT)
+	@git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do [ -e "$$f" ] || [ -L "$$f" ] && printf '%s\0' "$$f"; done \
+	    | tar cf - --null -T - | tar xf - -C $(SANITY_ROOT)
+	@cd $(SANITY_ROOT) && git init -q && git add -A && git -c user.name=sanity -c user.email=sanity@localhost commit -qm copy
+	cd $(SANITY_ROOT) && $(abspath $(BIN))/ansible-test sanity --venv --python 3.11 --color no
+
+build: $(VENV)/.installed $(COLLECTION_LINK) ## Build the collection artifact and check what it holds
 	ansible-galaxy collection build --force
 	@bad=$$(tar tzf pydeploy-web-*.tar.gz | grep -E '^(molecule|tests|bench|scripts|examples/(django|flask)|dist|\.demo|\.venv|\.collections)/' || true); \
 	    if [ -n "$$bad" ]; then echo "the artifact holds files that build_ignore should keep out:"; echo "$$bad" | head; exit 1; fi; \
@@ -74,7 +100,7 @@ build: $(VENV)/.installed ## Build the collection artifact and check what it hol
 dist: ## Build the example apps' release archives under dist/ (scripts/build-dist all)
 	scripts/build-dist all
 
-unit: $(VENV)/.installed ## Unit tests for plugins/
+unit: $(VENV)/.installed $(COLLECTION_LINK) ## Unit tests for plugins/
 	$(BIN)/pytest -n 2 tests/unit
 
 test-images: ## Start Docker if needed and build the test images (once)
@@ -83,16 +109,16 @@ test-images: ## Start Docker if needed and build the test images (once)
 	@for r in bookworm trixie; do for c in apt/partial pip uv; do mkdir -p $(PYDEPLOY_CACHE_DIR)/$$r/$$c; done; \
 	    chmod 1777 $(PYDEPLOY_CACHE_DIR)/$$r/pip $(PYDEPLOY_CACHE_DIR)/$$r/uv; done
 
-molecule: $(VENV)/.installed test-images ## One Molecule scenario: make molecule S=<scenario>
+molecule: $(VENV)/.installed $(COLLECTION_LINK) test-images ## One Molecule scenario: make molecule S=<scenario>
 	@[ -n "$(S)" ] || { echo "name a scenario: make molecule S=<$(subst $(eval ) ,|,$(SCENARIOS))>"; exit 2; }
 	$(MOLECULE_ENV) molecule test -s $(S)
 
 # MOLECULE_STOP_FILE (set by make test): once that file exists, no further scenario starts.
-molecule-all: $(VENV)/.installed test-images ## Every Molecule scenario, one after the other
+molecule-all: $(VENV)/.installed $(COLLECTION_LINK) test-images ## Every Molecule scenario, one after the other
 	@for s in $(SCENARIOS); do \
 	    if [ -n "$(MOLECULE_STOP_FILE)" ] && [ -e "$(MOLECULE_STOP_FILE)" ]; then echo "=== molecule: stopped before $$s (the checks failed)"; exit 1; fi; \
 	    echo "=== molecule scenario $$s"; t0=$$(date +%s); $(MOLECULE_ENV) molecule test -s $$s || exit 1; \
 	    echo "=== molecule scenario $$s passed in $$(( $$(date +%s) - t0 )) s"; done
 
 clean: ## Remove build output (not the images or caches)
-	rm -rf pydeploy-web-*.tar.gz .pytest_cache
+	rm -rf pydeploy-web-*.tar.gz .pytest_cache build
