@@ -42,9 +42,8 @@ demo: $(VENV)/.installed $(COLLECTION_LINK) ## Deploy the example Django project
 demo-clean: ## Remove the demo container
 	scripts/demo clean
 
-# The scenarios one at a time and, beside the first ones, the checks side by side (they
-# need about 2 of the 40 minutes on a controller the scenarios leave half idle, waiting
-# on their hosts). The checks' output is printed in one piece when they end; if they
+# The scenarios one at a time and, beside the first ones, the checks side by side (a few
+# minutes of CPU, on a controller the scenarios leave half idle, waiting on their hosts). The checks' output is printed in one piece when they end; if they
 # fail, the scenarios stop after the one in progress and make test fails.
 test: $(VENV)/.installed $(COLLECTION_LINK) test-images ## Lint, artifact check, unit tests and every Molecule scenario
 	@log=$$(mktemp); stop=$$log.stop; trap 'rm -f $$log $$stop' EXIT; t0=$$(date +%s); \
@@ -91,11 +90,12 @@ sanity: $(VENV)/.installed ## ansible-test sanity (every test that applies) on a
 
 build: $(VENV)/.installed $(COLLECTION_LINK) ## Build the collection artifact and check what it holds
 	ansible-galaxy collection build --force
-	@bad=$$(tar tzf pydeploy-web-*.tar.gz | grep -E '^(molecule|tests|bench|scripts|examples/(django|flask)|dist|\.demo|\.venv|\.collections)/' || true); \
+	@files=$$(tar tzf pydeploy-web-*.tar.gz); \
+	    bad=$$(grep -E '^(molecule|tests|bench|scripts|examples/(django|flask)|dist|\.demo|\.venv|\.collections)/' <<< "$$files" || true); \
 	    if [ -n "$$bad" ]; then echo "the artifact holds files that build_ignore should keep out:"; echo "$$bad" | head; exit 1; fi; \
 	    for f in LICENSE examples/inventory/group_vars/web/app.yml; do \
-	        tar tzf pydeploy-web-*.tar.gz | grep -x "$$f" >/dev/null || { echo "the artifact lacks $$f"; exit 1; }; done; \
-	    echo "artifact: $$(ls pydeploy-web-*.tar.gz), $$(tar tzf pydeploy-web-*.tar.gz | wc -l) entries, no tests, scenarios or example apps"
+	        grep -qx "$$f" <<< "$$files" || { echo "the artifact lacks $$f"; exit 1; }; done; \
+	    echo "artifact: $$(ls pydeploy-web-*.tar.gz), $$(wc -l <<< "$$files") entries, no tests, scenarios or example apps"
 
 dist: ## Build the example apps' release archives under dist/ (scripts/build-dist all)
 	scripts/build-dist all
