@@ -65,13 +65,8 @@ $(VENV)/.installed: requirements-dev.txt
 	$(PY) -m compileall -q -j 0 -x /ansible_collections/ $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 	@touch $@
 
-lint: $(VENV)/.installed $(COLLECTION_LINK) ## ansible-lint (production profile), role interface check, module docs
-	$(PY) scripts/check-role-interfaces
-	ansible-lint --profile production
-	@for f in plugins/modules/*.py; do m=$$(basename $$f .py); \
-	    err=$$(ansible-doc -t module pydeploy.web.$$m 2>&1 >/dev/null) || true; \
-	    if [ -n "$$err" ]; then echo "ansible-doc pydeploy.web.$$m: $$err"; exit 1; fi; \
-	    echo "ansible-doc pydeploy.web.$$m: renders"; done
+lint: $(VENV)/.installed $(COLLECTION_LINK) ## Every checker, in order: ansible-lint, ansible-test sanity, antsibull-docs, antsibull-changelog, galaxy-importer, interface checks (scripts/lint)
+	scripts/lint
 
 # ansible-test runs only inside .../ansible_collections/<namespace>/<name>/: it gets a copy of
 # the files git would commit (tracked and new, not ignored), in a git repository of its own
