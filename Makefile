@@ -20,7 +20,7 @@ MOLECULE_ENV = ANSIBLE_STRATEGY=$(PYDEPLOY_TEST_STRATEGY) \
 SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 S ?=
 
-.PHONY: help collections demo demo-clean test lint sanity build dist unit molecule molecule-all test-images docs-check clean
+.PHONY: help collections demo demo-clean test lint sanity build docs dist unit molecule molecule-all test-images docs-check clean
 
 # What ansible.cfg's collections_path and the tests resolve pydeploy.web.* through: a link
 # back to this checkout, made here rather than committed (ansible-test and Galaxy refuse a
@@ -45,12 +45,12 @@ demo-clean: ## Remove the demo container
 # The scenarios one at a time and, beside the first ones, the checks side by side (a few
 # minutes of CPU, on a controller the scenarios leave half idle, waiting on their hosts). The checks' output is printed in one piece when they end; if they
 # fail, the scenarios stop after the one in progress and make test fails.
-test: $(VENV)/.installed $(COLLECTION_LINK) test-images ## Lint, artifact check, unit tests and every Molecule scenario
+test: $(VENV)/.installed $(COLLECTION_LINK) test-images ## Lint, artifact check, unit tests, docsite and every Molecule scenario
 	@log=$$(mktemp); stop=$$log.stop; trap 'rm -f $$log $$stop' EXIT; t0=$$(date +%s); \
-	$(MAKE) --no-print-directory -j3 --output-sync=target lint build unit > $$log 2>&1 & checks=$$!; \
+	$(MAKE) --no-print-directory -j3 --output-sync=target lint build unit docs > $$log 2>&1 & checks=$$!; \
 	$(MAKE) --no-print-directory molecule-all MOLECULE_STOP_FILE=$$stop & scenarios=$$!; \
 	if wait $$checks; then rc=0; else rc=$$?; touch $$stop; fi; \
-	{ echo "=== checks (lint, build, unit) $$( [ $$rc = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - t0 )) s:"; \
+	{ echo "=== checks (lint, build, unit, docs) $$( [ $$rc = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - t0 )) s:"; \
 	  cat $$log; echo "=== end of the checks' output"; } | sed 's/^/checks| /'; \
 	wait $$scenarios || exit $$?; exit $$rc
 
@@ -91,6 +91,36 @@ build: $(VENV)/.installed $(COLLECTION_LINK) ## Build the collection artifact an
 	    for f in LICENSE examples/inventory/group_vars/web/app.yml; do \
 	        grep -qx "$$f" <<< "$$files" || { echo "the artifact lacks $$f"; exit 1; }; done; \
 	    echo "artifact: $$(ls pydeploy-web-*.tar.gz), $$(wc -l <<< "$$files") entries, no tests, scenarios or example apps"
+
+# The collection's docsite as antsibull-docs renders collections, under build/docs/:
+# sphinx-init writes the Sphinx project (conf.py, antsibull-docs.cfg), antsibull-docs
+# collection the pages (build/docs/rst/, failing on a plugin or role it cannot parse
+# instead of writing an error page) and sphinx-build the HTML (build/docs/build/html/,
+# every warning an error), with the flags of the build.sh sphinx-init writes. Offline:
+# scripts/docsite/conf_offline.py, appended to conf.py, empties intersphinx_mapping (no
+# docs.ansible.com inventory can be fetched) and links the references into Ansible's
+# documentation itself; scripts/docsite/antsibull-docs.cfg keeps antsibull's log out of
+# ~ and Ansible's temporary files go to build/docs/tmp/. Then one page per module and
+# per role, none an error page, or the target fails. About 5 s.
+DOCS := build/docs
+docs: $(VENV)/.installed $(COLLECTION_LINK) ## The collection's docsite (antsibull-docs, Sphinx) in build/docs/, no warning
+	@rm -rf $(DOCS); mkdir -p $(DOCS)/tmp; chmod go-w $(DOCS)
+	antsibull-docs --config-file scripts/docsite/antsibull-docs.cfg sphinx-init --use-current --squash-hierarchy --fail-on-error --dest-dir $(DOCS) \
+	    --project pydeploy.web --copyright 'pydeploy.web maintainers' --title pydeploy.web \
+	    --extra-conf 'html_title=pydeploy.web documentation' pydeploy.web > /dev/null
+	cat scripts/docsite/conf_offline.py >> $(DOCS)/conf.py
+	ANSIBLE_LOCAL_TEMP=$(abspath $(DOCS))/tmp antsibull-docs \
+	    --config-file $(DOCS)/antsibull-docs.cfg --config-file scripts/docsite/antsibull-docs.cfg \
+	    collection --cleanup everything --fail-on-error --use-current --squash-hierarchy --dest-dir $(DOCS)/rst pydeploy.web
+	@sphinx-build -M html $(DOCS)/rst $(DOCS)/build -c $(DOCS) -W --keep-going -q -w $(DOCS)/warnings.log \
+	    || { echo "docs: sphinx-build failed, $$(grep -c . $(DOCS)/warnings.log) warnings"; exit 1; }
+	@html=$(DOCS)/build/html; modules=$$(ls $$html/*_module.html | wc -l); roles=$$(ls $$html/*_role.html | wc -l); \
+	    errors=$$(cat $(DOCS)/rst/*.rst | grep -c -e 'was malformed' -e 'There were some errors parsing the documentation' || true); \
+	    warnings=$$(grep -c . $(DOCS)/warnings.log || true); \
+	    echo "docs: $$modules module pages, $$roles role pages, $$errors error pages, $$warnings warnings -> $$html/index.html"; \
+	    want_modules=$$(ls plugins/modules/*.py | wc -l); want_roles=$$(ls -d roles/*/ | wc -l); \
+	    [ "$$modules" = "$$want_modules" ] && [ "$$roles" = "$$want_roles" ] && [ "$$errors" = 0 ] && [ "$$warnings" = 0 ] \
+	    || { echo "docs: expected $$want_modules module pages, $$want_roles role pages, no error page and no warning"; exit 1; }
 
 dist: ## Build the example apps' release archives under dist/ (scripts/build-dist all)
 	scripts/build-dist all
