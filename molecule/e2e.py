@@ -33,6 +33,7 @@ class E2ESuite:
     STATIC_HREF = ""    # regex of the stylesheet's URL in the home page
     SERVER = ""         # gunicorn or uwsgi
     SECRETS = ()        # values of app_env (and passwords) that must never be logged
+    ROLLBACK_VARS = {}  # extra variables of the rollback to the previous release
 
     # How the scenario's database page is written to and read: subclasses implement.
     def write_entry(self, host, text):
@@ -166,7 +167,7 @@ class E2ESuite:
         assert text in self.read_entries(host)
         self.check_second_deploy(host, result)
 
-        result = play("rollback.yml")
+        result = play("rollback.yml", **self.ROLLBACK_VARS)
         assert not result.failed, result
         assert self.version(host) == "1.0.0"
         assert self.current(host) == first
