@@ -89,7 +89,7 @@ class Host:
         return out
 
     def outside_snapshot(self):
-        return {k: v for k, v in self.snapshot(skip_root=True).items()}
+        return dict(self.snapshot(skip_root=True))
 
     def as_app(self, fn, *args):
         """Run fn(*args) as the application user, in a process of its own, from inside
@@ -114,7 +114,7 @@ class Host:
                 code = 0
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        _pid, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, "the application user could not plant it"
 
 
@@ -594,7 +594,7 @@ def test_deep_tree_left_by_an_older_version_is_pruned_without_recursion_limits(r
     old = first_release(run_module, host, tmp_path, keep_releases=1)["release_id"]
     fd = os.open(host.root / "releases" / old / "app", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for _ in range(1500):
+        for _attempt in range(1500):
             os.mkdir("d", dir_fd=fd)
             nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
@@ -790,7 +790,7 @@ def test_unprivileged_user_deploys_into_a_root_of_its_own_and_is_refused_one_of_
         data = f.read()
     os.waitpid(pid, 0)
     if not data:
-        pytest.fail("the unprivileged run could not reach the test directory: %s" % tmp_path)
+        pytest.fail("the unprivileged run could not reach the test directory: %s" % base)
     (ok, ok_failed), (refused, refused_failed) = json.loads(data)
     assert not ok_failed, ok["msg"]
     assert os.lstat(mine / "app" / "releases" / ok["release_id"]).st_uid == APP_UID
