@@ -688,6 +688,19 @@ def django_python():
     return sys.executable
 
 
+def pins(path):
+    with open(path) as f:
+        return sorted(line.split("#")[0].strip().lower() for line in f if "==" in line.split("#")[0])
+
+
+def test_the_unit_tests_django_is_the_example_apps():
+    """tests/unit/requirements.txt (what ansible-test units installs, so that the tests
+    below run) pins Django as the example app and the scenario's demo project do."""
+    unit = pins(os.path.join(ROOT, "tests", "unit", "requirements.txt"))
+    assert unit == pins(os.path.join(ROOT, "examples", "django", "requirements.txt"))
+    assert unit == pins(os.path.join(DEMO, "demo", "requirements.txt"))
+
+
 SECRET_KEY = "pydeploy-unit-test-key-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
