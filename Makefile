@@ -68,20 +68,35 @@ $(VENV)/.installed: requirements-dev.txt
 lint: $(VENV)/.installed $(COLLECTION_LINK) ## Every checker, in order: ansible-lint, ansible-test sanity, antsibull-docs, antsibull-changelog, galaxy-importer, interface checks (scripts/lint)
 	scripts/lint
 
-# ansible-test runs only inside .../ansible_collections/<namespace>/<name>/: it gets a copy of
-# the files git would commit (tracked and new, not ignored), in a git repository of its own
-# so that it checks what git holds, under build/sanity/. It bootstraps pip in its
-# virtualenvs with a get-pip.py it downloads from a host these machines cannot reach:
+# ansible-test runs only inside .../ansible_collections/<namespace>/<name>/: sanity and units
+# each get a copy of the files git would commit (tracked and new, not ignored), in a git
+# repository of its own so that it checks what git holds, under build/<sanity|units>/ (one
+# each: make test may run both at once). It bootstraps pip in its virtualenvs with a
+# get-pip.py it downloads from a host these machines cannot reach:
 # scripts/ansible-test-get-pip.py stands in, in ansible-test's cache.
-SANITY_ROOT := build/sanity/ansible_collections/pydeploy/web
-sanity: $(VENV)/.installed ## ansible-test sanity (every test that applies) on a copy of the tree
-	@v=$$($(PY) -c 'import types; from ansible_test._internal.python_requirements import get_venv_packages as p; print(p(types.SimpleNamespace(version="3.11"))["pip"])'); \
-	    mkdir -p ~/.ansible/test/cache; install -m 0644 scripts/ansible-test-get-pip.py ~/.ansible/test/cache/get_pip_$${v//./_}.py
-	@rm -rf build/sanity; mkdir -p $(SANITY_ROOT)
+ANSIBLE_TEST := $(abspath $(BIN))/ansible-test
+ANSIBLE_TEST_PYTHON := 3.11
+COLLECTION_PATH := ansible_collections/pydeploy/web
+# $(call ansible-test-tree,build/<name>): the get-pip stand-in in place, the fresh copy made.
+define ansible-test-tree
+	@v=$$($(PY) -c 'import types; from ansible_test._internal.python_requirements import get_venv_packages as p; print(p(types.SimpleNamespace(version="$(ANSIBLE_TEST_PYTHON)"))["pip"])'); \
+	    d=~/.ansible/test/cache; mkdir -p $$d; install -m 0644 scripts/ansible-test-get-pip.py $$d/.get-pip.$$$$; \
+	    mv -f $$d/.get-pip.$$$$ $$d/get_pip_$${v//./_}.py
+	@rm -rf $(1); mkdir -p $(1)/$(COLLECTION_PATH)
 	@git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do [ -e "$$f" ] || [ -L "$$f" ] && printf '%s\0' "$$f"; done \
-	    | tar cf - --null -T - | tar xf - -C $(SANITY_ROOT)
-	@cd $(SANITY_ROOT) && git init -q && git add -A && git -c user.name=sanity -c user.email=sanity@localhost commit -qm copy
-	cd $(SANITY_ROOT) && $(abspath $(BIN))/ansible-test sanity --venv --python 3.11 --color no
+	    | tar cf - --null -T - | tar xf - -C $(1)/$(COLLECTION_PATH)
+	@cd $(1)/$(COLLECTION_PATH) && git init -q && git add -A && git -c user.name=ansible-test -c user.email=ansible-test@localhost commit -qm copy
+endef
+
+# Every sanity test that applies, on the whole tree, nothing ignored (there is no
+# tests/sanity/ignore-*.txt); then a line per test with its count of findings and the total
+# (scripts/sanity-summary, from the tests' junit files and ansible-test's output).
+SANITY_ROOT := build/sanity/$(COLLECTION_PATH)
+sanity: $(VENV)/.installed ## ansible-test sanity (every test that applies) on a copy of the tree
+	$(call ansible-test-tree,build/sanity)
+	@t0=$$(date +%s); log=$(SANITY_ROOT)/tests/output/sanity.log; mkdir -p $$(dirname $$log); rc=0; \
+	    (cd $(SANITY_ROOT) && $(ANSIBLE_TEST) sanity --venv --python $(ANSIBLE_TEST_PYTHON) --color no --junit) 2>&1 | tee $$log || rc=$$?; \
+	    $(PY) scripts/sanity-summary $(SANITY_ROOT)/tests/output/junit $$log $$(( $$(date +%s) - t0 )) || { [ $$rc != 0 ] || rc=1; }; exit $$rc
 
 build: $(VENV)/.installed $(COLLECTION_LINK) ## Build the collection artifact and check what it holds
 	ansible-galaxy collection build --force
@@ -125,8 +140,13 @@ docs: $(VENV)/.installed $(COLLECTION_LINK) ## The collection's docsite (antsibu
 dist: ## Build the example apps' release archives under dist/ (scripts/build-dist all)
 	scripts/build-dist all
 
-unit: $(VENV)/.installed $(COLLECTION_LINK) ## Unit tests for plugins/
-	$(BIN)/pytest -n 2 tests/unit
+# The unit tests (tests/unit: plugins, scripts, bench) as ansible-test units runs them, on
+# a copy of the tree like sanity's, in a virtualenv of its own with tests/unit/requirements.txt
+# (Django, for the tests against a real project: none is skipped), two workers.
+UNITS_ROOT := build/units/$(COLLECTION_PATH)
+unit: $(VENV)/.installed ## Unit tests (ansible-test units) for plugins/, scripts/ and bench/
+	$(call ansible-test-tree,build/units)
+	cd $(UNITS_ROOT) && $(ANSIBLE_TEST) units --venv --python $(ANSIBLE_TEST_PYTHON) --color no --num-workers 2
 
 test-images: ## Start Docker if needed and build the test images (once)
 	scripts/ensure-docker

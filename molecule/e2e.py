@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import uuid
 
 from hostcheck import http
@@ -47,7 +46,7 @@ class E2ESuite:
         return http(host, path, *curl_args, hostname=self.HOSTNAME)
 
     def version(self, host):
-        status, _, body = self.get(host, "/")
+        status, _headers, body = self.get(host, "/")
         assert status == 200, body[-2000:]
         return re.search(r"Version ([0-9A-Za-z.+-]+)", body).group(1)
 
@@ -91,7 +90,7 @@ class E2ESuite:
         assert json.loads(body) == {"status": "ok", "version": "1.0.0", "database": "ok"}
 
     def test_a_static_asset_comes_from_disk_with_its_type(self, host):
-        _, _, body = self.get(host, "/")
+        _status, _headers, body = self.get(host, "/")
         href = re.search(self.STATIC_HREF, body).group(1)
         status, headers, css = self.get(host, href)
         assert status == 200
@@ -204,7 +203,7 @@ class E2ESuite:
         assert self.current(host) == first
         assert (self.live_program(host), self.pid(host)) == (program, master)
         assert self.version(host) == "1.0.0"
-        status, _, _ = self.get(host, self.HEALTH)
+        status, _headers, _body = self.get(host, self.HEALTH)
         assert status == 200
 
     def test_a_failure_after_the_switch_goes_back_to_the_instance_still_running(self, host, play):

@@ -9,9 +9,9 @@ def http(host, path, *curl_args, hostname="demo.test"):
         shlex.quote("Host: " + hostname), " ".join(shlex.quote(a) for a in curl_args),
         shlex.quote("http://127.0.0.1" + path)))
     assert cmd.rc == 0, cmd.stderr
-    head, _, body = cmd.stdout.partition("\r\n\r\n")
+    head, _sep, body = cmd.stdout.partition("\r\n\r\n")
     while head.split(" ")[1:2] == ["100"]:  # an interim "100 Continue" comes first
-        head, _, body = body.partition("\r\n\r\n")
+        head, _sep, body = body.partition("\r\n\r\n")
     lines = head.split("\r\n")
     headers = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:]))
     return int(lines[0].split()[1]), headers, body

@@ -549,7 +549,7 @@ def _resolves_outside(dest, parent_parts, link):
     top (never against dest's name: a target through `../../.<id>.partial` leaves the
     release however it resolves while unpacking)."""
     cur = list(parent_parts)
-    todo = [c for c in reversed(link.split("/"))]
+    todo = list(reversed(link.split("/")))
     hops = 0
     while todo:
         comp = todo.pop()

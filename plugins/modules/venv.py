@@ -547,7 +547,6 @@ class Venv:
         result["packages"] = marker.get("packages", {})
         return result
 
-
     def prune(self):
         interp = self.probe()
         keep, unknown = set(), []

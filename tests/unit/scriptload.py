@@ -1,5 +1,6 @@
 """Load one of the repository's scripts (no .py suffix: bench/deploy, scripts/build-dist)
-as a module, for the unit tests of its functions (pytest.ini puts tests/unit on sys.path)."""
+as a module, for the unit tests of its functions (tests/unit/conftest.py puts tests/unit on
+sys.path)."""
 import importlib.machinery
 import importlib.util
 import os

@@ -21,12 +21,12 @@ class TestFlaskUwsgi(E2ESuite):
         assert headers["location"].endswith("/notes")
 
     def read_entries(self, host):
-        status, _, body = self.get(host, "/notes")
+        status, _headers, body = self.get(host, "/notes")
         assert status == 200
         return body
 
     def test_an_empty_note_is_refused(self, host):
-        status, _, _ = self.get(host, "/notes", "--data-urlencode", "text=")
+        status, _headers, _body = self.get(host, "/notes", "--data-urlencode", "text=")
         assert status == 400
 
     def test_the_app_server_speaks_the_uwsgi_protocol_to_nginx(self, host):

@@ -134,7 +134,7 @@ def test_a_stop_lets_the_request_in_flight_finish(host):
     before = master_pid(host)
     restart = host.run("supervisorctl restart demo")
     assert restart.rc == 0, restart.stdout
-    for _ in range(30):
+    for _attempt in range(30):
         if host.file("/tmp/pydeploy-slow.code").exists and host.file("/tmp/pydeploy-slow.code").content_string:
             break
         time.sleep(1)

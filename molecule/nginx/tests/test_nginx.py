@@ -101,9 +101,9 @@ def test_workers_run_as_www_data_and_the_service_is_enabled(host):
 
 
 def test_request_bodies_are_limited(host):
-    status, _, body = post(host, 512 * 1024)
+    status, _headers, body = post(host, 512 * 1024)
     assert status == 200 and json.loads(body)["body_bytes"] == 512 * 1024
-    status, _, _ = post(host, 2 * 1024 * 1024)
+    status, _headers, _body = post(host, 2 * 1024 * 1024)
     assert status == 413
 
 
@@ -143,8 +143,8 @@ def test_a_change_reloads_nginx_without_restarting_it(host, play, restore):
     assert nginx_master(host) == master
     assert "client_max_body_size 3m;" in host.file(SITE).content_string
     # The reload is asynchronous: give the new workers a moment.
-    for _ in range(10):
-        status, _, _ = post(host, 2 * 1024 * 1024)
+    for _attempt in range(10):
+        status, _headers, _body = post(host, 2 * 1024 * 1024)
         if status == 200:
             break
         time.sleep(0.5)

@@ -33,7 +33,7 @@ def release_path(host):
 
 
 def wait_for(check, seconds=30):
-    for _ in range(seconds):
+    for _attempt in range(seconds):
         if check():
             return True
         time.sleep(1)

@@ -26,7 +26,7 @@ class TestDjangoGunicorn(E2ESuite):
     def form(self, host, path, fields):
         """GET a form with a fresh cookie jar, POST it back with Django's CSRF token."""
         host.run("rm -f %s" % JAR)
-        status, _, body = self.get(host, path, "-c", JAR)
+        status, _headers, body = self.get(host, path, "-c", JAR)
         assert status == 200, body[-2000:]
         data = []
         for name, value in [("csrfmiddlewaretoken", csrf_token(body))] + list(fields.items()):
@@ -39,24 +39,24 @@ class TestDjangoGunicorn(E2ESuite):
         assert headers["location"].endswith("/guestbook/")
 
     def read_entries(self, host):
-        status, _, body = self.get(host, "/guestbook/")
+        status, _headers, body = self.get(host, "/guestbook/")
         assert status == 200
         return body
 
     def test_the_admin_login_page_is_served(self, host):
-        status, _, body = self.get(host, "/admin/login/")
+        status, _headers, body = self.get(host, "/admin/login/")
         assert status == 200
         assert "Django administration" in body and 'name="username"' in body
 
     def test_the_admin_account_can_log_in(self, host):
-        status, headers, _ = self.form(host, "/admin/login/?next=/admin/",
-                                       {"username": "admin", "password": ADMIN_PASSWORD, "next": "/admin/"})
+        status, headers, _body = self.form(host, "/admin/login/?next=/admin/",
+                                           {"username": "admin", "password": ADMIN_PASSWORD, "next": "/admin/"})
         assert status == 302 and headers["location"] == "/admin/"
-        status, _, body = self.get(host, "/admin/", "-b", JAR)
+        status, _headers, body = self.get(host, "/admin/", "-b", JAR)
         assert status == 200 and "Site administration" in body
 
     def test_debug_is_off_in_production(self, host):
-        status, _, body = self.get(host, "/no-such-page/")
+        status, _headers, body = self.get(host, "/no-such-page/")
         assert status == 404
         assert "Traceback" not in body and "URLconf" not in body
 

@@ -42,7 +42,7 @@ def status_of(host, program):
 
 
 def version(host):
-    status, _, body = http(host, "/health/", hostname=HOSTNAME)
+    status, _headers, body = http(host, "/health/", hostname=HOSTNAME)
     assert status == 200, body
     return json.loads(body)["version"]
 
@@ -92,9 +92,9 @@ def test_a_deploy_with_new_requirements_drops_no_request(host, play):
     # The new release lacks the old page's stylesheet; nginx still finds it, in the
     # release the stopped instance ran.
     assert not host.file("%s/current/staticfiles/%s" % (ROOT, OLD_ONLY_ASSET)).exists
-    status, headers, _ = http(host, "/static/" + OLD_ONLY_ASSET, hostname=HOSTNAME)
+    status, headers, _body = http(host, "/static/" + OLD_ONLY_ASSET, hostname=HOSTNAME)
     assert status == 200 and headers["content-type"] == "text/css"
-    status, _, _ = http(host, "/static/guestbook/site.ffffffffffff.css", hostname=HOSTNAME)
+    status, _headers, _body = http(host, "/static/guestbook/site.ffffffffffff.css", hostname=HOSTNAME)
     assert status == 404
 
 

@@ -88,7 +88,11 @@ class Commands:
 @pytest.fixture
 def commands(monkeypatch):
     fake = Commands()
-    monkeypatch.setattr(dm.AnsibleModule, "run_command", lambda self, argv, **kw: fake(self, argv, **kw))
+
+    def run_command(module, argv, **kw):
+        return fake(module, argv, **kw)
+
+    monkeypatch.setattr(dm.AnsibleModule, "run_command", run_command)
     return fake
 
 
@@ -103,9 +107,11 @@ def answer(stdout="", rc=0, stderr=""):
     return (rc, stdout, stderr)
 
 
-def probed(**data):
-    """What a probe prints: maybe some noise, then the marker line."""
-    return (0, "noise the project printed\n\n" + dm.MARKER + json.dumps(data) + "\n", "")
+def probed(data=None, **more):
+    """What a probe prints: maybe some noise, then the marker line with `data` updated
+    by `more` (probed(USER_THERE, exists=False) rather than ** of a dict and a keyword
+    it also holds)."""
+    return (0, "noise the project printed\n\n" + dm.MARKER + json.dumps(dict(data or {}, **more)) + "\n", "")
 
 
 def probe_call(name, args):
@@ -122,7 +128,7 @@ def assert_calls(calls, expected, project):
         assert call.kw["cwd"] == project.app
         assert call.kw["expand_user_and_vars"] is False
         if isinstance(want, tuple):
-            _, name, args = want
+            _kind, name, args = want
             assert call.argv == [project.python, project.manage, "shell", "--no-color", "--verbosity", "0",
                                  "--command", SNIPPETS[name]]
             assert json.loads(call.env[dm.ARGS_VARIABLE]) == args
@@ -249,39 +255,39 @@ CASES = [
     # createsuperuser: get-or-create
     ("createsuperuser-creates", dict(command="createsuperuser", username="admin", email="admin@example.com",
                                      password=PASSWORD), False,
-     [probed(**USER_NEW), answer("Superuser created successfully.\n")],
+     [probed(USER_NEW), answer("Superuser created successfully.\n")],
      [probe_call("superuser", dict(database=None, username="admin", update_password=False, apply=True)),
       SUPERUSER_ARGV + ["--username", "admin", "--email", "admin@example.com"]],
      dict(changed=True, created=True, password_updated=False, username="admin",
           cmd=SUPERUSER_ARGV + ["--username", "admin", "--email", "admin@example.com"])),
     ("createsuperuser-exists", dict(command="createsuperuser", username="admin", password=PASSWORD), False,
-     [probed(**USER_THERE)],
+     [probed(USER_THERE)],
      [probe_call("superuser", dict(database=None, username="admin", update_password=False, apply=True))],
      dict(changed=False, created=False, password_updated=False, cmd=PROBE_ARGV + [dm.SUPERUSER_PROBE])),
     ("createsuperuser-always-sets-a-differing-password",
      dict(command="createsuperuser", username="admin", password=PASSWORD, update_password="always"), False,
-     [probed(**dict(USER_THERE, password_updated=True))],
+     [probed(USER_THERE, password_updated=True)],
      [probe_call("superuser", dict(database=None, username="admin", update_password=True, apply=True))],
      dict(changed=True, created=False, password_updated=True)),
     ("createsuperuser-always-same-password",
      dict(command="createsuperuser", username="admin", password=PASSWORD, update_password="always"), False,
-     [probed(**USER_THERE)],
+     [probed(USER_THERE)],
      [probe_call("superuser", dict(database=None, username="admin", update_password=True, apply=True))],
      dict(changed=False, password_updated=False)),
     ("createsuperuser-check-mode-would-create",
      dict(command="createsuperuser", username="admin", email="a@example.com", password=PASSWORD), True,
-     [probed(**USER_NEW)],
+     [probed(USER_NEW)],
      [probe_call("superuser", dict(database=None, username="admin", update_password=False, apply=False))],
      dict(changed=True, created=True)),
     ("createsuperuser-check-mode-password-would-change",
      dict(command="createsuperuser", username="admin", password=PASSWORD, update_password="always"), True,
-     [probed(**dict(USER_THERE, password_updated=True))],
+     [probed(USER_THERE, password_updated=True)],
      [probe_call("superuser", dict(database=None, username="admin", update_password=True, apply=False))],
      dict(changed=True, created=False, password_updated=True)),
     ("createsuperuser-email-as-username-field-on-a-database",
      dict(command="createsuperuser", username="ops@example.com", email="ignored@example.com", database="users",
           args=["--first_name", "Ops"]), False,
-     [probed(**dict(USER_NEW, username_field="email")), answer()],
+     [probed(USER_NEW, username_field="email"), answer()],
      [probe_call("superuser", dict(database="users", username="ops@example.com", update_password=False, apply=True)),
       SUPERUSER_ARGV + ["--email", "ops@example.com", "--database", "users", "--first_name", "Ops"]],
      dict(changed=True, created=True)),
@@ -347,11 +353,11 @@ FAILURES = [
      [probed(error="there is no system check with the 'nope' tag")],
      ["check: there is no system check with the 'nope' tag"], {}),
     ("createsuperuser-fails", dict(command="createsuperuser", username="admin"),
-     [probed(**USER_NEW), answer(rc=1, stderr="CommandError: You must use --email with --noinput.\n")],
+     [probed(USER_NEW), answer(rc=1, stderr="CommandError: You must use --email with --noinput.\n")],
      ["manage.py createsuperuser failed (rc 1): CommandError: You must use --email with --noinput."],
      dict(rc=1, cmd=SUPERUSER_ARGV + ["--username", "admin"])),
     ("createsuperuser-before-migrate", dict(command="createsuperuser", username="admin"),
-     [probed(**dict(USER_NEW, table_missing=True))],
+     [probed(USER_NEW, table_missing=True)],
      ["the user model's table does not exist in database 'default' yet; run migrate first"], {}),
     ("test-fails-with-its-verdict", dict(command="test"),
      [answer(rc=1, stderr="Found 2 test(s).\n.F\n=====\nFAIL: test_the_suite_can_be_made_to_fail "
@@ -552,7 +558,7 @@ def test_a_malformed_env_file_fails_the_task(run_module, project, commands):
 # -- secrets ---------------------------------------------------------------------
 
 def test_the_password_travels_only_in_the_environment(run_module, project, commands):
-    commands.script = [probed(**USER_NEW), answer("Superuser created successfully.\n")]
+    commands.script = [probed(USER_NEW), answer("Superuser created successfully.\n")]
     result, failed = run_module(dm.main, base_args(project, command="createsuperuser", username="admin",
                                                    email="admin@example.com", password=PASSWORD))
     assert not failed
@@ -565,7 +571,7 @@ def test_the_password_travels_only_in_the_environment(run_module, project, comma
 
 def test_without_a_password_none_is_passed(run_module, project, commands):
     os.environ["DJANGO_SUPERUSER_PASSWORD"] = "inherited-password"
-    commands.script = [probed(**USER_NEW), answer()]
+    commands.script = [probed(USER_NEW), answer()]
     result, failed = run_module(dm.main, base_args(project, command="createsuperuser", username="sso",
                                                    email="sso@example.com"))
     assert not failed and result["created"]
@@ -580,8 +586,8 @@ def test_only_the_superuser_command_gets_the_password_variable(run_module, proje
 
 @pytest.mark.parametrize("script", [
     # Django echoing the password back, in the command's output and in a traceback
-    [probed(**USER_NEW), answer("created with %s\n" % PASSWORD, rc=1,
-                                stderr="Traceback\nValueError: bad password %r\n" % PASSWORD)],
+    [probed(USER_NEW), answer("created with %s\n" % PASSWORD, rc=1,
+                              stderr="Traceback\nValueError: bad password %r\n" % PASSWORD)],
     [(1, "", "Traceback (most recent call last):\nKeyError: '%s'\n" % PASSWORD)],
 ], ids=["command", "probe"])
 def test_the_password_never_reaches_a_failure(run_module, project, commands, script):
@@ -628,7 +634,7 @@ def test_a_secret_in_args_is_masked_too(run_module, project, commands):
 # -- warnings --------------------------------------------------------------------
 
 def test_an_existing_user_that_is_not_a_superuser_is_reported(run_module, project, commands, warnings):
-    commands.script = [probed(**dict(USER_THERE, is_superuser=False))]
+    commands.script = [probed(USER_THERE, is_superuser=False)]
     result, failed = run_module(dm.main, base_args(project, command="createsuperuser", username="bob"))
     assert not failed and result["changed"] is False
     assert warnings == ["user bob exists but is not a superuser; this module does not change that"]
@@ -682,6 +688,19 @@ def django_python():
     return sys.executable
 
 
+def pins(path):
+    with open(path) as f:
+        return sorted(line.split("#")[0].strip().lower() for line in f if "==" in line.split("#")[0])
+
+
+def test_the_unit_tests_django_is_the_example_apps():
+    """tests/unit/requirements.txt (what ansible-test units installs, so that the tests
+    below run) pins Django as the example app and the scenario's demo project do."""
+    unit = pins(os.path.join(ROOT, "tests", "unit", "requirements.txt"))
+    assert unit == pins(os.path.join(ROOT, "examples", "django", "requirements.txt"))
+    assert unit == pins(os.path.join(DEMO, "demo", "requirements.txt"))
+
+
 SECRET_KEY = "pydeploy-unit-test-key-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -721,15 +740,15 @@ def test_real_migrate_check_mode_then_changed_then_unchanged(run_module, real):
     assert not failed, first["msg"]
     assert first["changed"] and first["applied"] == planned["applied"] and first["pending"] == []
     assert applied_in(real.db) == sorted(first["applied"])
-    second, _ = run_module(dm.main, args)
+    second, _failed = run_module(dm.main, args)
     assert second["changed"] is False and second["applied"] == []
 
     shutil.copy(os.path.join(DEMO, "extra", "0002_welcome_note.py"), str(real.app / "notes" / "migrations"))
     before = digest(real.db)
-    planned, _ = run_module(dm.main, args, check_mode=True)
+    planned, _failed = run_module(dm.main, args, check_mode=True)
     assert planned["changed"] and planned["pending"] == ["notes.0002_welcome_note"]
     assert digest(real.db) == before
-    applied, _ = run_module(dm.main, args)
+    applied, _failed = run_module(dm.main, args)
     assert applied["applied"] == ["notes.0002_welcome_note"]
     back, failed = run_module(dm.main, dict(args, app_label="notes", migration="0001"))
     assert not failed and back["changed"] and back["unapplied"] == ["notes.0002_welcome_note"]
@@ -740,39 +759,39 @@ def test_real_migrate_check_mode_then_changed_then_unchanged(run_module, real):
 
 def test_real_collectstatic_changed_then_unchanged(run_module, real):
     args = dict(real.args, command="collectstatic")
-    dry, _ = run_module(dm.main, args, check_mode=True)
+    dry, _failed = run_module(dm.main, args, check_mode=True)
     assert dry["changed"] and dry["copied"] > 100 and not real.static.exists()
     first, failed = run_module(dm.main, args)
     assert not failed, first["msg"]
     assert first["changed"] and first["copied"] == dry["copied"] and first["unmodified"] == 0
     assert (real.static / "notes" / "notes.css").is_file()
-    second, _ = run_module(dm.main, args)
+    second, _failed = run_module(dm.main, args)
     assert second["changed"] is False and second["copied"] == 0 and second["unmodified"] == first["copied"]
-    cleared, _ = run_module(dm.main, dict(args, clear=True))
+    cleared, _failed = run_module(dm.main, dict(args, clear=True))
     assert cleared["changed"] and cleared["deleted"] == first["copied"]
 
 
 def test_real_createsuperuser_get_or_create(run_module, real):
     run_module(dm.main, dict(real.args, command="migrate"))
     args = dict(real.args, command="createsuperuser", username="admin", email="admin@example.com", password=PASSWORD)
-    would, _ = run_module(dm.main, args, check_mode=True)
+    would, _failed = run_module(dm.main, args, check_mode=True)
     assert would["changed"] and would["created"]
     created, failed = run_module(dm.main, args)
     assert not failed, created["msg"]
     assert created["changed"] and created["created"] and PASSWORD not in json.dumps(created)
-    again, _ = run_module(dm.main, args)
+    again, _failed = run_module(dm.main, args)
     assert again["changed"] is False and again["created"] is False
     new = dict(args, password="another-Pa55phrase", update_password="always")
-    would, _ = run_module(dm.main, new, check_mode=True)
+    would, _failed = run_module(dm.main, new, check_mode=True)
     assert would["changed"] and would["password_updated"]
-    updated, _ = run_module(dm.main, new)
+    updated, _failed = run_module(dm.main, new)
     assert updated["changed"] and updated["password_updated"]
-    same, _ = run_module(dm.main, new)
+    same, _failed = run_module(dm.main, new)
     assert same["changed"] is False
     login = subprocess.run(
         [real.python, "manage.py", "shell", "-v", "0", "-c",
          "from django.contrib.auth import authenticate; print(authenticate(username='admin', password='another-Pa55phrase'))"],
-        cwd=str(real.app), capture_output=True, text=True,
+        cwd=str(real.app), capture_output=True, text=True, check=False,
         env=dict(PATH=dm.SYSTEM_PATH, DJANGO_SECRET_KEY=SECRET_KEY, DEMO_DATABASE=str(real.db)))
     assert login.stdout.strip() == "admin", login.stderr
 

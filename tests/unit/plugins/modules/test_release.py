@@ -143,9 +143,9 @@ def test_hostile_archive_is_refused_and_nothing_is_written_outside(
 
 
 def test_setuid_and_group_write_bits_are_stripped(run_module, site, tmp_path, filter_mode):
-    root, _ = site
+    root, _sandbox = site
     archive = make_tar(tmp_path / "modes.tar", [("bin", "dir", 0o777), ("bin/tool", "file", "x", 0o6775),
-                                                 ("bin/data", "file", "x", 0o666)], compression=None)
+                                                ("bin/data", "file", "x", 0o666)], compression=None)
     result, failed = deploy(run_module, root, archive)
     assert not failed, result["msg"]
     rel = root / "releases" / result["release_id"]
@@ -155,7 +155,7 @@ def test_setuid_and_group_write_bits_are_stripped(run_module, site, tmp_path, fi
 
 
 def test_member_count_bomb_is_refused(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     archive = make_tar(tmp_path / "many.tar.gz", [("f%d" % i, "file", "") for i in range(50)])
     result, failed = deploy(run_module, root, archive, max_members=20)
     assert failed and "more than max_members=20 members" in result["msg"]
@@ -163,7 +163,7 @@ def test_member_count_bomb_is_refused(run_module, site, tmp_path):
 
 
 def test_size_bomb_is_refused(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     # 8 MiB of zeros compress to a few KiB: the declared content is what counts.
     archive = make_tar(tmp_path / "zeros.tar.xz", [("zeros", "file", b"\0" * (8 << 20))], compression="xz")
     assert os.path.getsize(archive[0]) < 100000
@@ -173,7 +173,7 @@ def test_size_bomb_is_refused(run_module, site, tmp_path):
 
 
 def test_symlinks_and_hardlinks_inside_the_release_are_kept(run_module, site, tmp_path, filter_mode):
-    root, _ = site
+    root, _sandbox = site
     archive = make_tar(tmp_path / "links.tar.gz", [
         ("app", "dir", 0o755), ("app/real.py", "file", "x = 1\n"),
         ("app/alias.py", "symlink", "real.py"), ("top.py", "symlink", "app/real.py"),
@@ -188,7 +188,7 @@ def test_symlinks_and_hardlinks_inside_the_release_are_kept(run_module, site, tm
 # ------------------------------------------------------------------ normal deploys
 
 def test_first_deploy_lays_out_the_root_and_switches(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     archive = app_archive(tmp_path, "1")
     result, failed = deploy(run_module, root, archive, shared_paths=["media"])
     assert not failed, result["msg"]
@@ -212,19 +212,19 @@ def test_first_deploy_lays_out_the_root_and_switches(run_module, site, tmp_path)
 
 
 def test_shared_path_is_seeded_from_the_release_once_and_never_overwritten(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     v1 = app_archive(tmp_path, "1", [("media", "dir", 0o755), ("media/logo.png", "file", "v1 logo")])
     deploy(run_module, root, v1, shared_paths=["media"])
     assert (root / "shared" / "media" / "logo.png").read_text() == "v1 logo"
     (root / "shared" / "media" / "upload.jpg").write_text("user upload")
     v2 = app_archive(tmp_path, "2", [("media", "dir", 0o755), ("media/logo.png", "file", "v2 logo")])
-    result, _ = deploy(run_module, root, v2, shared_paths=["media"])
+    result, _failed = deploy(run_module, root, v2, shared_paths=["media"])
     assert (root / "current" / "media" / "upload.jpg").read_text() == "user upload"
     assert (root / "shared" / "media" / "logo.png").read_text() == "v1 logo"
 
 
 def test_rerun_changes_nothing_and_does_not_read_the_archive(run_module, site, tmp_path, monkeypatch):
-    root, _ = site
+    root, _sandbox = site
     archive = app_archive(tmp_path, "1")
     deploy(run_module, root, archive)
     os.unlink(archive[0])  # a re-run must not need it
@@ -242,7 +242,7 @@ def test_rerun_changes_nothing_and_does_not_read_the_archive(run_module, site, t
 
 
 def test_checksum_mismatch_fails_before_anything_is_written(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     src, real = app_archive(tmp_path, "1")
     wrong = "0" * 64
     result, failed = run_module(release.main, dict(root=str(root), src=src, checksum=wrong))
@@ -253,7 +253,7 @@ def test_checksum_mismatch_fails_before_anything_is_written(run_module, site, tm
 
 
 def test_one_release_id_for_two_archives_is_refused(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     deploy(run_module, root, app_archive(tmp_path, "1"), release_id="v1")
     result, failed = deploy(run_module, root, app_archive(tmp_path, "2"), release_id="v1")
     assert failed and "already unpacked from an archive with sha256" in result["msg"]
@@ -268,13 +268,13 @@ def test_one_release_id_for_two_archives_is_refused(run_module, site, tmp_path):
     (dict(state="failed", reason="gate"), "state=failed needs release_id (or checksum)"),
 ])
 def test_bad_input_fails_with_a_clear_message(run_module, site, args, message):
-    root, _ = site
+    root, _sandbox = site
     result, failed = run_module(release.main, dict(root=str(root), **args))
     assert failed and message in result["msg"]
 
 
 def test_not_a_tar_archive(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"this is not an archive")
     result, failed = run_module(release.main, dict(root=str(root), src=str(junk), checksum=sha256(junk)))
@@ -297,14 +297,14 @@ def test_check_mode_reports_and_writes_nothing(run_module, site, tmp_path):
 
 
 def test_check_mode_still_verifies_the_checksum(run_module, site, tmp_path):
-    root, _ = site
-    src, _ = app_archive(tmp_path, "1")
+    root, _sandbox = site
+    src, _sha256 = app_archive(tmp_path, "1")
     result, failed = run_module(release.main, dict(root=str(root), src=src, checksum="f" * 64), check_mode=True)
     assert failed and "checksum mismatch" in result["msg"]
 
 
 def test_a_failed_unpack_leaves_no_partial_directory_and_current_alone(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     v1 = app_archive(tmp_path, "1")
     deploy(run_module, root, v1)
     truncated = tmp_path / "truncated.tar.gz"
@@ -329,7 +329,7 @@ def deploy_versions(run_module, root, tmp_path, versions, **kw):
 
 
 def test_pruning_follows_deploy_order_not_file_times(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     ids = deploy_versions(run_module, root, tmp_path, ["1", "2", "3", "4"], keep_releases=10)
     # Scramble the times: the oldest release looks newest, the newest looks oldest.
     now = time.time()
@@ -345,7 +345,7 @@ def test_pruning_follows_deploy_order_not_file_times(run_module, site, tmp_path)
 
 
 def test_pruning_never_removes_current_or_the_rollback_target(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     ids = deploy_versions(run_module, root, tmp_path, ["1", "2", "3", "4"], keep_releases=10)
     # An operator pointed current back at the first release by hand.
     os.unlink(root / "current")
@@ -358,13 +358,13 @@ def test_pruning_never_removes_current_or_the_rollback_target(run_module, site, 
 
 
 def test_active_prunes_to_keep_releases(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     ids = deploy_versions(run_module, root, tmp_path, ["1", "2", "3", "4", "5"], keep_releases=3)
     assert sorted(os.listdir(root / "releases")) == sorted(ids[2:])
 
 
 def test_leftover_partial_directories_are_removed(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     deploy_versions(run_module, root, tmp_path, ["1"])
     (root / "releases" / ".deadbeef0000.partial").mkdir()
     result, failed = run_module(release.main, dict(root=str(root), state="pruned"))
@@ -373,7 +373,7 @@ def test_leftover_partial_directories_are_removed(run_module, site, tmp_path):
 
 
 def test_rollback_reads_current_instead_of_guessing(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"])
     # current was moved to b outside the module: the rollback goes to the release before b.
     os.unlink(root / "current")
@@ -385,11 +385,11 @@ def test_rollback_reads_current_instead_of_guessing(run_module, site, tmp_path):
 
 
 def test_rollback_twice_walks_back_and_skips_the_release_rolled_back_from(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"])
-    first, _ = run_module(release.main, dict(root=str(root), state="rollback"))
+    first, _failed = run_module(release.main, dict(root=str(root), state="rollback"))
     assert (first["previous"], first["current"]) == (c, b)
-    second, _ = run_module(release.main, dict(root=str(root), state="rollback"))
+    second, _failed = run_module(release.main, dict(root=str(root), state="rollback"))
     assert (second["previous"], second["current"]) == (b, a)
     history = [json.loads(line) for line in (root / ".pydeploy" / "history.jsonl").read_text().splitlines()]
     assert [(e["event"], e["release"], e["previous"]) for e in history if e["event"] == "rolled_back"] == [
@@ -397,7 +397,7 @@ def test_rollback_twice_walks_back_and_skips_the_release_rolled_back_from(run_mo
 
 
 def test_rollback_to_a_named_release(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"])
     result, failed = run_module(release.main, dict(root=str(root), state="rollback", release_id=a))
     assert not failed and result["current"] == a and result["changed"]
@@ -406,27 +406,27 @@ def test_rollback_to_a_named_release(run_module, site, tmp_path):
 
 
 def test_rollback_with_nothing_before_fails_clearly(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     deploy_versions(run_module, root, tmp_path, ["1"])
     result, failed = run_module(release.main, dict(root=str(root), state="rollback"))
     assert failed and "no release to roll back to" in result["msg"]
 
 
 def test_unpacked_state_leaves_current_alone_and_query_reports(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     (a,) = deploy_versions(run_module, root, tmp_path, ["1"])
     v2 = app_archive(tmp_path, "2")
     result, failed = deploy(run_module, root, v2, state="unpacked")
     assert not failed and result["unpacked"] and not result["switched"] and result["current"] == a
-    query, _ = run_module(release.main, dict(root=str(root), state="query", release_id=v2[1][:12]))
+    query, _failed = run_module(release.main, dict(root=str(root), state="query", release_id=v2[1][:12]))
     assert query["changed"] is False and query["release_present"] is True
     assert query["current"] == a and query["releases"] == [a, v2[1][:12]]
-    switch, _ = run_module(release.main, dict(root=str(root), release_id=v2[1][:12]))
+    switch, _failed = run_module(release.main, dict(root=str(root), release_id=v2[1][:12]))
     assert switch["switched"] and switch["current"] == v2[1][:12] and not switch["unpacked"]
 
 
 def test_current_that_is_a_directory_is_not_clobbered(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     (root / "current").mkdir(parents=True)
     (root / "current" / "precious").write_text("x")
     result, failed = deploy(run_module, root, app_archive(tmp_path, "1"))
@@ -473,7 +473,7 @@ def test_marking_a_release_failed_records_the_reason_and_changes_nothing_else(ru
 
 
 def test_marking_twice_changes_nothing_the_second_time(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     a, b = deploy_versions(run_module, root, tmp_path, ["1", "2"])
     assert mark_failed(run_module, root, b, reason="health check failed")["changed"]
     again = mark_failed(run_module, root, b, reason="another reason")
@@ -483,7 +483,7 @@ def test_marking_twice_changes_nothing_the_second_time(run_module, site, tmp_pat
 
 
 def test_marking_by_checksum_without_a_reason(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     deploy_versions(run_module, root, tmp_path, ["1"])
     v2 = app_archive(tmp_path, "2")
     deploy(run_module, root, v2, state="unpacked")
@@ -493,7 +493,7 @@ def test_marking_by_checksum_without_a_reason(run_module, site, tmp_path):
 
 
 def test_a_release_that_is_not_present_can_be_marked(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     (a,) = deploy_versions(run_module, root, tmp_path, ["1"])
     result = mark_failed(run_module, root, "0123456789ab", reason="unpack failed")
     assert result["changed"] and result["release_present"] is False and "manifest" not in result
@@ -503,7 +503,7 @@ def test_a_release_that_is_not_present_can_be_marked(run_module, site, tmp_path)
 
 
 def test_marking_on_a_fresh_root_writes_only_the_history(run_module, site):
-    root, _ = site
+    root, _sandbox = site
     result = mark_failed(run_module, root, "v1", reason="unpack failed")
     assert result["changed"] and result["current"] is None and result["releases"] == []
     assert sorted(os.listdir(root)) == [".pydeploy"]
@@ -523,7 +523,7 @@ def test_marking_in_check_mode_reports_and_appends_nothing(run_module, site, tmp
 
 
 def test_marking_takes_the_lock(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     (a,) = deploy_versions(run_module, root, tmp_path, ["1"])
     holder = open(root / ".pydeploy" / "lock", "r+")
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -538,7 +538,7 @@ def test_marking_takes_the_lock(run_module, site, tmp_path):
 
 
 def test_a_failed_release_is_never_the_rollback_target(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"], keep_releases=10)
     assert mark_failed(run_module, root, b, reason="bad")["rollback_target"] == a
     result, failed = run_module(release.main, dict(root=str(root), state="rollback"))
@@ -548,12 +548,12 @@ def test_a_failed_release_is_never_the_rollback_target(run_module, site, tmp_pat
 def test_failed_after_the_switch_then_rollback_then_prune(run_module, site, tmp_path):
     """The deploy playbook's path: c is live, fails its verification, is marked and
     rolled back from; the next prune removes it however many releases are kept."""
-    root, _ = site
+    root, _sandbox = site
     a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"], keep_releases=10)
     marked = mark_failed(run_module, root, c, reason="verification failed")
     assert marked["current"] == c and marked["failed_releases"] == [c] and marked["rollback_target"] == b
     # The current release is never pruned, failed or not.
-    kept, _ = run_module(release.main, dict(root=str(root), state="pruned", keep_releases=10))
+    kept, _failed = run_module(release.main, dict(root=str(root), state="pruned", keep_releases=10))
     assert kept["pruned"] == [] and kept["failed_releases"] == [c] and c in os.listdir(root / "releases")
     back, failed = run_module(release.main, dict(root=str(root), state="rollback"))
     assert not failed and back["current"] == b and back["failed_releases"] == [c]
@@ -566,7 +566,7 @@ def test_failed_after_the_switch_then_rollback_then_prune(run_module, site, tmp_
 
 
 def test_active_prunes_a_release_that_failed_its_gate(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     a, b = deploy_versions(run_module, root, tmp_path, ["1", "2"], keep_releases=10)
     v3 = app_archive(tmp_path, "3")
     c = deploy(run_module, root, v3, state="unpacked")[0]["release_id"]
@@ -579,7 +579,7 @@ def test_active_prunes_a_release_that_failed_its_gate(run_module, site, tmp_path
 
 
 def test_failed_releases_are_pruned_first_then_the_oldest_beyond_keep(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     a, b, c, d, e = deploy_versions(run_module, root, tmp_path, ["1", "2", "3", "4", "5"], keep_releases=10)
     mark_failed(run_module, root, c)
     # Of a, b, d, e (c does not count), keep 3: a goes; d is the rollback target, e current.
@@ -602,7 +602,7 @@ def test_to_prune_never_returns_current_or_the_rollback_target(tmp_path):
 
 
 def test_activating_a_failed_release_again_clears_the_mark(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"], keep_releases=10)
     mark_failed(run_module, root, b, reason="flaky check")
     result, failed = run_module(release.main, dict(root=str(root), release_id=b, keep_releases=10))
@@ -613,18 +613,18 @@ def test_activating_a_failed_release_again_clears_the_mark(run_module, site, tmp
 
 
 def test_rolling_back_to_a_failed_release_clears_the_mark(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     a, b, c = deploy_versions(run_module, root, tmp_path, ["1", "2", "3"], keep_releases=10)
     mark_failed(run_module, root, b)
     result, failed = run_module(release.main, dict(root=str(root), state="rollback", release_id=b))
     assert not failed and result["current"] == b and result["failed_releases"] == []
     assert result["rollback_target"] == a
-    pruned, _ = run_module(release.main, dict(root=str(root), state="pruned", keep_releases=10))
+    pruned, _failed = run_module(release.main, dict(root=str(root), state="pruned", keep_releases=10))
     assert pruned["pruned"] == []
 
 
 def test_unpacking_a_pruned_failed_release_again_clears_the_mark(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     deploy_versions(run_module, root, tmp_path, ["1"])
     v2 = app_archive(tmp_path, "2")
     rid = deploy(run_module, root, v2, state="unpacked")[0]["release_id"]
@@ -651,19 +651,19 @@ def test_failed_counts_only_the_latest_event_naming_the_release():
 
 
 def test_failed_releases_is_always_returned(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     (a,) = deploy_versions(run_module, root, tmp_path, ["1"])
-    query, _ = run_module(release.main, dict(root=str(root), state="query"))
+    query, _failed = run_module(release.main, dict(root=str(root), state="query"))
     assert query["failed_releases"] == []
     mark_failed(run_module, root, a)
-    query, _ = run_module(release.main, dict(root=str(root), state="query"))
+    query, _failed = run_module(release.main, dict(root=str(root), state="query"))
     assert query["failed_releases"] == [a] and query["changed"] is False
 
 
 # --------------------------------------------------------------------- the lock
 
 def test_a_second_run_fails_fast_naming_the_holder(run_module, site, tmp_path):
-    root, _ = site
+    root, _sandbox = site
     deploy_versions(run_module, root, tmp_path, ["1"])
     lock_path = root / ".pydeploy" / "lock"
     holder = open(lock_path, "r+")
@@ -682,7 +682,7 @@ def test_a_second_run_fails_fast_naming_the_holder(run_module, site, tmp_path):
 
 
 def test_a_stale_lock_is_taken_over_with_a_warning(run_module, site, tmp_path, monkeypatch):
-    root, _ = site
+    root, _sandbox = site
     deploy_versions(run_module, root, tmp_path, ["1"])
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -699,7 +699,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning(run_module, site, tmp_path, m
 def test_extract_reads_the_archive_once_from_one_descriptor(run_module, site, tmp_path, monkeypatch):
     """The archive is opened once, by the module, and every byte the digest covers
     is a byte that was unpacked: tarfile never opens a path of its own."""
-    root, _ = site
+    root, _sandbox = site
     archive = app_archive(tmp_path, "1")
     opened = []
     real_open = os.open

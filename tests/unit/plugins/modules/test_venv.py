@@ -94,8 +94,8 @@ def test_builds_a_working_venv_at_the_keyed_path(run_module, site):
 
 def test_bytecode_names_the_final_path(run_module, site):
     base, req, args = site
-    result, _ = run_module(venv.main, args)
-    site_packages = [os.path.join(r, d) for r, ds, _ in os.walk(result["path"]) for d in ds if d == "site-packages"][0]
+    result, _failed = run_module(venv.main, args)
+    site_packages = [os.path.join(r, d) for r, ds, _files in os.walk(result["path"]) for d in ds if d == "site-packages"][0]
     pyc = [f for f in os.listdir(os.path.join(site_packages, "__pycache__")) if f.startswith("hello.")][0]
     with open(os.path.join(site_packages, "__pycache__", pyc), "rb") as f:
         code = marshal.loads(f.read()[16:])
@@ -104,7 +104,7 @@ def test_bytecode_names_the_final_path(run_module, site):
 
 def test_unchanged_requirements_reuse_the_venv_without_running_the_installer(run_module, site, commands):
     base, req, args = site
-    first, _ = run_module(venv.main, args)
+    first, _failed = run_module(venv.main, args)
     inode = os.stat(first["path"]).st_ino
     del commands[:]
     second, failed = run_module(venv.main, args)
@@ -119,7 +119,7 @@ def test_the_same_requirements_of_another_release_reuse_the_venv(run_module, sit
     """Each release has its requirements file in its own directory: the path is not
     part of the key, the content (and what it includes, by relative name) is."""
     base, req, args = site
-    first, _ = run_module(venv.main, args)
+    first, _failed = run_module(venv.main, args)
     other = tmp_path / "releases" / "9f86d081884c"
     other.mkdir(parents=True)
     (other / "requirements.txt").write_text(req.read_text())
@@ -129,13 +129,13 @@ def test_the_same_requirements_of_another_release_reuse_the_venv(run_module, sit
     assert second["reused"] and second["path"] == first["path"] and installs(commands) == []
     (other / "more.txt").write_text("greet==1.0\n")
     (other / "requirements.txt").write_text("hello==1.0\n-r more.txt\n")
-    third, _ = run_module(venv.main, dict(args, requirements=str(other / "requirements.txt")))
+    third, _failed = run_module(venv.main, dict(args, requirements=str(other / "requirements.txt")))
     assert third["key"] != first["key"]
 
 
 def test_changed_requirements_build_a_new_venv_and_keep_the_old(run_module, site):
     base, req, args = site
-    old, _ = run_module(venv.main, args)
+    old, _failed = run_module(venv.main, args)
     req.write_text("hello==2.0\n")
     new, failed = run_module(venv.main, args)
     assert not failed and new["changed"]
@@ -149,10 +149,10 @@ def test_included_requirement_files_are_part_of_the_key(run_module, site, tmp_pa
     base, req, args = site
     (tmp_path / "more.txt").write_text("greet==1.0\n")
     req.write_text("hello==1.0\n-r more.txt\n")
-    first, _ = run_module(venv.main, args)
+    first, _failed = run_module(venv.main, args)
     assert first["packages"] == {"hello": "1.0", "greet": "1.0"}
     (tmp_path / "more.txt").write_text("# comment changes the content\ngreet==1.0\n")
-    second, _ = run_module(venv.main, args)
+    second, _failed = run_module(venv.main, args)
     assert second["key"] != first["key"]
 
 
@@ -179,13 +179,13 @@ def test_check_mode_reports_a_build_and_writes_nothing(run_module, site, command
 def test_check_mode_on_an_existing_venv_reports_no_change(run_module, site):
     base, req, args = site
     run_module(venv.main, args)
-    result, _ = run_module(venv.main, args, check_mode=True)
+    result, _failed = run_module(venv.main, args, check_mode=True)
     assert result["changed"] is False and result["reused"] is True
 
 
 def test_a_directory_not_built_by_the_module_is_left_alone(run_module, site):
     base, req, args = site
-    probe, _ = run_module(venv.main, args, check_mode=True)
+    probe, _failed = run_module(venv.main, args, check_mode=True)
     os.mkdir(probe["path"])
     (base / probe["key"] / "keep.txt").write_text("mine")
     result, failed = run_module(venv.main, args)
@@ -195,7 +195,7 @@ def test_a_directory_not_built_by_the_module_is_left_alone(run_module, site):
 
 def test_a_partial_directory_from_a_killed_run_is_replaced(run_module, site):
     base, req, args = site
-    probe, _ = run_module(venv.main, args, check_mode=True)
+    probe, _failed = run_module(venv.main, args, check_mode=True)
     stale = base / (".%s.partial" % probe["key"])
     stale.mkdir()
     (stale / "junk").write_text("x")
@@ -299,13 +299,13 @@ def test_a_tls_failure_is_reported_as_such_not_as_a_missing_package(run_module, 
 
 def test_pruned_removes_what_no_kept_requirements_give_and_nothing_else(run_module, site, tmp_path):
     base, req, args = site
-    kept, _ = run_module(venv.main, args)
+    kept, _failed = run_module(venv.main, args)
     other_req = tmp_path / "other.txt"
     other_req.write_text("hello==2.0\n")
-    other, _ = run_module(venv.main, dict(args, requirements=str(other_req)))
+    other, _failed = run_module(venv.main, dict(args, requirements=str(other_req)))
     by_path = tmp_path / "third.txt"
     by_path.write_text("greet==1.0\n")
-    third, _ = run_module(venv.main, dict(args, requirements=str(by_path)))
+    third, _failed = run_module(venv.main, dict(args, requirements=str(by_path)))
     foreign = base / ("ab" * 8)
     foreign.mkdir()  # a key-like directory the module did not build: never removed
     prune = dict(state="pruned", base_dir=str(base), python=PYTHON, keep_requirements=[str(req)],
@@ -319,13 +319,13 @@ def test_pruned_removes_what_no_kept_requirements_give_and_nothing_else(run_modu
     assert result["changed"] and result["pruned"] == [other["key"]]
     assert sorted(result["kept"]) == sorted([kept["key"], third["key"]])
     assert sorted(os.listdir(base)) == sorted([kept["key"], third["key"], foreign.name])
-    again, _ = run_module(venv.main, prune)
+    again, _failed = run_module(venv.main, prune)
     assert again["changed"] is False and again["pruned"] == []
 
 
 def test_pruned_keeps_everything_when_a_kept_release_key_is_unknown(run_module, site, tmp_path):
     base, req, args = site
-    built, _ = run_module(venv.main, args)
+    built, _failed = run_module(venv.main, args)
     result, failed = run_module(venv.main, dict(state="pruned", base_dir=str(base), python=PYTHON,
                                                 keep_requirements=[str(tmp_path / "gone" / "requirements.txt")]))
     assert not failed and result["changed"] is False and result["pruned"] == []

@@ -58,7 +58,7 @@ class HTTPHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
             self.wfile.flush()
             try:
-                for _ in range(100):
+                for _attempt in range(100):
                     time.sleep(0.05)
                     self.wfile.write(b"a")
                     self.wfile.flush()
@@ -254,12 +254,12 @@ def test_http_sends_scheme_and_extra_headers_which_replace_its_own(http_app):
 
 
 def test_http_host_header_reaches_the_app(http_app):
-    _, path = http_app
+    _server, path = http_app
     assert wp.probe_once(path, path="/host", host="shop.example.org")[3] == "host=shop.example.org"
 
 
 def test_body_is_cut_at_body_limit_and_decoded(http_app):
-    _, path = http_app
+    _server, path = http_app
     assert wp.probe_once(path, path="/big", body_limit=25)[3] == "0123456789" * 2 + "01234"
     assert wp.probe_once(path, path="/big", body_limit=0)[3] == ""
     assert wp.probe_once(path, path="/utf8")[3] == "caf\u00e9 \u2713"
@@ -280,25 +280,25 @@ def test_uwsgi_round_trip_with_host_and_query_string(uwsgi_app):
 
 
 def test_uwsgi_https_scheme(uwsgi_app):
-    _, path = uwsgi_app
+    _server, path = uwsgi_app
     body = wp.probe_once(path, protocol="uwsgi", path="/echo", host="s.example:8443", scheme="https")[3]
     assert body == "host=s.example:8443 name=s.example query= scheme=https https=on port=8443"
 
 
 def test_uwsgi_body_limit_and_error_status(uwsgi_app):
-    _, path = uwsgi_app
+    _server, path = uwsgi_app
     assert wp.probe_once(path, protocol="uwsgi", path="/echo", body_limit=9)[3] == "host=loca"
     assert wp.probe_once(path, protocol="uwsgi", path="/fail")[:2] == (500, "Internal Server Error")
 
 
 def test_an_answer_that_is_not_http_is_an_http_exception(uwsgi_app):
-    _, path = uwsgi_app
+    _server, path = uwsgi_app
     with pytest.raises(wp.http.client.HTTPException):
         wp.probe_once(path, protocol="uwsgi", path="/garbage")
 
 
 def test_timeout_bounds_the_whole_attempt_not_each_read(http_app):
-    _, path = http_app
+    _server, path = http_app
     started = time.monotonic()
     with pytest.raises(socket.timeout):
         wp.probe_once(path, path="/dribble", timeout=0.3)
@@ -309,7 +309,7 @@ def test_timeout_bounds_the_whole_attempt_not_each_read(http_app):
 
 
 def test_status_mismatch_is_retried_then_fails_with_the_answer(http_app):
-    _, path = http_app
+    _server, path = http_app
     result, msg = wp.probe(path, path="/fail", **quick(wait=0.3, delay=0.1))
     assert result["status"] == 500 and result["reason"] == "Internal Server Error"
     assert result["attempts"] >= 2
@@ -321,7 +321,7 @@ def test_status_mismatch_is_retried_then_fails_with_the_answer(http_app):
 
 
 def test_status_code_list_accepts_503(http_app):
-    _, path = http_app
+    _server, path = http_app
     result, msg = wp.probe(path, path="/maintenance", status_code=[200, 503], **quick())
     assert msg is None
     assert (result["status"], result["body"], result["attempts"]) == (503, "down for maintenance", 1)
@@ -330,7 +330,7 @@ def test_status_code_list_accepts_503(http_app):
 
 
 def test_a_socket_that_appears_later_is_waited_for(serve):
-    _, path = serve(HTTPHandler, after=0.5)
+    _server, path = serve(HTTPHandler, after=0.5)
     started = time.monotonic()
     result, msg = wp.probe(path, path="/ok", **quick(wait=1.5, delay=0.1))
     assert msg is None, msg
@@ -340,7 +340,7 @@ def test_a_socket_that_appears_later_is_waited_for(serve):
 
 
 def test_answer_wait_fails_an_answering_server_before_wait_runs_out(http_app):
-    _, path = http_app
+    _server, path = http_app
     started = time.monotonic()
     result, msg = wp.probe(path, path="/fail", answer_wait=0.3, **quick(wait=30, delay=0.1))
     assert time.monotonic() - started < 2  # not the 30 s of wait
@@ -353,7 +353,7 @@ def test_answer_wait_fails_an_answering_server_before_wait_runs_out(http_app):
 def test_answer_wait_leaves_a_server_that_is_not_up_yet_the_whole_of_wait(serve):
     # No answer for 0.5 s (the socket appears late), then healthy: answer_wait does not
     # count the time before the first answer.
-    _, path = serve(HTTPHandler, after=0.5)
+    _server, path = serve(HTTPHandler, after=0.5)
     result, msg = wp.probe(path, path="/ok", answer_wait=0.1, **quick(wait=2, delay=0.1))
     assert msg is None, msg
     assert result["status"] == 200 and result["attempts"] > 1
@@ -368,7 +368,7 @@ def test_answer_wait_lets_a_warming_server_become_healthy(serve):
             code = next(answers, 200)
             self.answer(code, "warming" if code == 503 else "fine")
 
-    _, path = serve(Warming)
+    _server, path = serve(Warming)
     result, msg = wp.probe(path, path="/ok", answer_wait=2, **quick(wait=2, delay=0.05))
     assert msg is None, msg
     assert (result["status"], result["body"], result["attempts"]) == (200, "fine", 4)
@@ -398,7 +398,7 @@ def test_a_refused_connection_names_the_error(workdir):
 def test_a_file_that_is_not_a_socket_is_named(workdir):
     path = os.path.join(workdir, "plain")
     open(path, "w").close()
-    _, msg = wp.probe(path, **quick(wait=0))
+    _result, msg = wp.probe(path, **quick(wait=0))
     assert msg.endswith("Connection refused (%s is not a socket)" % path)
 
 
@@ -424,7 +424,7 @@ def test_an_error_after_an_answer_reports_both(serve):
 
 
 def test_module_success(run_module, http_app):
-    _, path = http_app
+    _server, path = http_app
     result, failed = run_module(wp.main, dict(socket=path, path="/host", host="mysite.example.com"))
     assert not failed, result.get("msg")
     assert result["changed"] is False
@@ -443,7 +443,7 @@ def test_module_probes_in_check_mode_too(run_module, uwsgi_app):
 
 
 def test_module_failure_carries_the_result(run_module, uwsgi_app):
-    _, path = uwsgi_app
+    _server, path = uwsgi_app
     result, failed = run_module(wp.main, dict(socket=path, protocol="uwsgi", path="/fail", wait=0.2, delay=0.1))
     assert failed and result["changed"] is False
     assert result["msg"].startswith("GET /fail on unix socket %s (uwsgi) did not answer 200 within 0.2 s" % path)
@@ -453,7 +453,7 @@ def test_module_failure_carries_the_result(run_module, uwsgi_app):
 
 
 def test_module_garbage_answer_is_not_yet(run_module, uwsgi_app):
-    _, path = uwsgi_app
+    _server, path = uwsgi_app
     result, failed = run_module(wp.main, dict(socket=path, protocol="uwsgi", path="/garbage", wait=0))
     assert failed and result["status"] == 0
     assert "last error: the answer is not HTTP (BadStatusLine" in result["msg"]
