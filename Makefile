@@ -103,7 +103,7 @@ build: $(VENV)/.installed $(COLLECTION_LINK) ## Build the collection artifact an
 	@files=$$(tar tzf pydeploy-web-*.tar.gz); \
 	    bad=$$(grep -E '^(molecule|tests|bench|scripts|examples/(django|flask)|dist|\.demo|\.venv|\.collections)/' <<< "$$files" || true); \
 	    if [ -n "$$bad" ]; then echo "the artifact holds files that build_ignore should keep out:"; echo "$$bad" | head; exit 1; fi; \
-	    for f in LICENSE examples/inventory/group_vars/web/app.yml; do \
+	    for f in LICENSE examples/inventory/group_vars/web/app.yml examples/awx/survey-deploy.json meta/execution-environment.yml meta/ee-requirements.txt; do \
 	        grep -qx "$$f" <<< "$$files" || { echo "the artifact lacks $$f"; exit 1; }; done; \
 	    echo "artifact: $$(ls pydeploy-web-*.tar.gz), $$(wc -l <<< "$$files") entries, no tests, scenarios or example apps"
 

@@ -99,7 +99,7 @@ def test_the_deploy_job_template_runs_under_ansible_runner(host, tmp_path):
         {"ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, ".collections")}))
 
     proc = subprocess.run(["ansible-runner", "run", str(pdd), "--playbook", "deploy.yml", "--ident", "deploy"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     artifacts = pdd / "artifacts" / "deploy"
     stdout = (artifacts / "stdout").read_text() if (artifacts / "stdout").exists() else proc.stdout
     assert (artifacts / "status").read_text() == "successful", stdout[-3000:]

@@ -140,10 +140,14 @@ def test_the_project_runs_the_collections_playbooks():
 
 
 def test_the_awx_examples_ship_in_the_collection():
+    """All but the project's one-line playbooks, which galaxy-importer's ansible-lint cannot
+    resolve in an artifact (galaxy.yml; docs/awx.md shows them)."""
     ignore = load("galaxy.yml")["build_ignore"]
-    for dirpath, _, files in os.walk(AWX):
+    kept_out = {os.path.join("examples", "awx", "project", name + ".yml") for name in ("site", "deploy", "rollback")}
+    for dirpath, _dirs, files in os.walk(AWX):
         for name in files:
             path = os.path.relpath(os.path.join(dirpath, name), ROOT)
             parts = path.split(os.sep)
             prefixes = [os.sep.join(parts[:i]) for i in range(1, len(parts) + 1)]
-            assert not [p for p in ignore for x in prefixes if fnmatch.fnmatch(x, p)], path
+            ignored = [p for p in ignore for x in prefixes if fnmatch.fnmatch(x, p)]
+            assert bool(ignored) == (path in kept_out), (path, ignored)

@@ -5,6 +5,7 @@ ansible-runner that are tested, and no Python package beyond them."""
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,8 @@ from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 EE = os.path.join(ROOT, "meta", "execution-environment.yml")
+# The ansible-builder beside this interpreter: the dev venv's, or ansible-test units' (from
+# tests/unit/requirements.txt).
 BUILDER = os.path.join(os.path.dirname(sys.executable), "ansible-builder")
 # Collections that are not dependencies: ansible-core's own and this one.
 OWN = {"ansible.builtin", "ansible.legacy", "pydeploy.web"}
@@ -26,14 +29,38 @@ def load(path):
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ee") / "context"
+    root = tmp_path_factory.mktemp("ee")
+    out = root / "context"
+    # As docs/awx.md runs it: a copy of the definition at the collection's root, since
+    # ansible-builder reads its file paths relative to the definition and they are relative
+    # to the root (what a collection's meta/execution-environment.yml needs).
+    (root / "meta").mkdir()
+    for name in ("ee-requirements.txt", "ee-bindep.txt"):
+        shutil.copy(os.path.join(ROOT, "meta", name), str(root / "meta" / name))
+    shutil.copy(EE, str(root / "execution-environment.yml"))
     # Offline: any HTTP(S) request would go to a proxy that is not there.
     env = dict(os.environ, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
                HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
-    proc = subprocess.run([BUILDER, "create", "-f", EE, "-c", str(out), "--output-filename", "Containerfile"],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=str(out.parent))
+    proc = subprocess.run([BUILDER, "create", "-c", str(out), "--output-filename", "Containerfile"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=str(root), check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
+
+
+def test_an_ee_that_includes_the_collection_finds_its_requirements_files():
+    """What ansible-builder runs in the build of an EE naming pydeploy.web (and
+    galaxy-importer on upload): it reads the collection's meta/execution-environment.yml
+    and opens the python and system files it names, relative to the collection's root."""
+    script = ("import sys; from ansible_builder._target_scripts.introspect import process_collection; "
+              "print(repr(process_collection(sys.argv[1])))")
+    proc = subprocess.run([sys.executable, "-c", script, ROOT], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "not present" not in proc.stdout
+    # No Python package beyond ansible-core; the system packages ee-bindep.txt lists.
+    with open(os.path.join(ROOT, "meta", "ee-bindep.txt")) as f:
+        system = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert system
+    assert proc.stdout.strip().splitlines()[-1] == repr(([], system))
 
 
 def collections_used():
@@ -46,7 +73,7 @@ def collections_used():
     ]
     found = set()
     for top in ("roles", "playbooks", "plugins"):
-        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+        for dirpath, _dirs, files in os.walk(os.path.join(ROOT, top)):
             for name in files:
                 if name.endswith((".yml", ".yaml", ".j2", ".py")):
                     with open(os.path.join(dirpath, name)) as f:
@@ -97,7 +124,7 @@ def test_no_python_package_is_needed_beyond_ansible_core(context):
     assert (context / "_build" / "bindep.txt").is_file()
     # ... because the collection's Python code imports the standard library and Ansible only
     # (django_manage's Django code is a script run by the application's virtualenv).
-    for dirpath, _, files in os.walk(os.path.join(ROOT, "plugins")):
+    for dirpath, _dirs, files in os.walk(os.path.join(ROOT, "plugins")):
         for name in files:
             if not name.endswith(".py"):
                 continue
@@ -114,3 +141,15 @@ def test_no_python_package_is_needed_beyond_ansible_core(context):
                     top = module.split(".")[0]
                     assert top in sys.stdlib_module_names or top in ("ansible", "ansible_collections", "__future__"), \
                         "%s imports %s: add it to meta/ee-requirements.txt (controller) or the hosts' packages" % (name, module)
+
+
+def test_the_unit_tests_ansible_builder_is_the_dev_venvs():
+    """ansible-test units installs tests/unit/requirements.txt: the ansible-builder that
+    runs this file there is the one requirements-dev.txt pins."""
+    def pin(path):
+        with open(os.path.join(ROOT, path)) as f:
+            return [line.split("#")[0].strip() for line in f if line.startswith("ansible-builder==")]
+
+    dev = pin("requirements-dev.txt")
+    assert len(dev) == 1
+    assert pin("tests/unit/requirements.txt") == dev
