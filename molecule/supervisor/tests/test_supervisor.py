@@ -102,6 +102,45 @@ def test_the_tcp_interface_listens_on_loopback_only_with_a_hashed_password(host,
     assert host.check_output(curl + "-u 'admin:%s' http://127.0.0.1:9001/" % PASSWORD) == "200"
 
 
+def test_the_control_entry_point_starts_stops_and_tells_one_program(host, play, restore):
+    """The seam through which the deploy flow starts and stops its app-server instances."""
+    def control(name, state):
+        result = play("control.yml", supervisor_control_name=name, supervisor_control_state=state)
+        if state == "status" and not result.failed:
+            result.status = result.task("Report the program's state")["supervisor_control_status"]
+        return result
+
+    b = pid(host, "demo-b")
+    result = control("demo-a", "stopped")
+    assert not result.failed, result
+    assert result.stats["changed"] == 1, result
+    assert host.run("supervisorctl status demo-a").stdout.split()[1] == "STOPPED"
+    assert control("demo-a", "status").status == "STOPPED"
+    # Stopped already, or unknown to supervisor: nothing to do, nothing fails.
+    for name in ("demo-a", "no-such-program"):
+        result = control(name, "stopped")
+        assert not result.failed, (name, result)
+        assert result.stats["changed"] == 0, (name, result)
+    assert control("no-such-program", "status").status == "ABSENT"
+
+    result = control("demo-a", "started")
+    assert not result.failed, result
+    assert result.stats["changed"] == 1, result
+    assert control("demo-a", "status").status == "RUNNING"
+    assert pid(host, "demo-a") > 0
+    result = control("demo-a", "started")
+    assert result.stats["changed"] == 0, result
+    # A program supervisor does not know cannot be started.
+    result = control("no-such-program", "started")
+    assert result.failed, result
+    assert "no such process" in result.output.lower(), result
+    # Bad input is refused by the entry point's argument spec.
+    result = control("demo-a", "restarted")
+    assert result.failed, result
+    assert "supervisor_control_state" in result.output, result
+    assert pid(host, "demo-b") == b  # the other program was never touched
+
+
 def test_a_rerun_changes_nothing(play):
     result = play()
     assert not result.failed, result
