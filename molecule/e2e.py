@@ -137,6 +137,10 @@ class E2ESuite:
               "app_health_path must start with /"]),
             (dict(app_artifact="/nonexistent/release.tar.gz"), ["is not a file on the controller"]),
             (dict(app_artifact_checksum="0" * 64), ["as app_artifact_checksum says"]),
+            # Checked like every other variable, though app_release_* names are the app_release role's.
+            (dict(app_release_id="../escape"),
+             ["app_release_id must be empty or the name of a release directory: up to 128 letters, digits, "
+              "'.', '_' or '-', the first a letter or digit (got ../escape)"]),
         ]
         for extra, messages in cases:
             result = play("converge.yml", **extra)
