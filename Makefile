@@ -20,7 +20,7 @@ MOLECULE_ENV = ANSIBLE_STRATEGY=$(PYDEPLOY_TEST_STRATEGY) \
 SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 S ?=
 
-.PHONY: help collections demo demo-clean test lint sanity build docs dist unit molecule molecule-all test-images docs-check clean
+.PHONY: help collections demo demo-clean test lint sanity build docs dist unit molecule molecule-all test-images clean
 
 # What ansible.cfg's collections_path and the tests resolve pydeploy.web.* through: a link
 # back to this checkout, made here rather than committed (ansible-test and Galaxy refuse a
