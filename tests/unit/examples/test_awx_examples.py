@@ -26,7 +26,7 @@ def load(*path):
 
 def playbook_variables():
     """What the playbooks accept: the app_* interface, release_id (rollback) and pydeploy_hosts."""
-    return set(load("playbooks", "vars", "app_argument_spec.yml")["__app_argument_spec"]) | {"release_id", "pydeploy_hosts"}
+    return set(load("roles", "app", "meta", "argument_specs.yml")["argument_specs"]["deploy"]["options"]) | {"release_id", "pydeploy_hosts"}
 
 
 def survey_errors(spec):

@@ -1,4 +1,4 @@
-"""The deploy flow (playbooks/) starts, stops and looks at its app-server instances
+"""The deploy flow (the pydeploy.web.app role and the playbooks) starts, stops and looks at its app-server instances
 through one seam, the supervisor role's control entry point, so that another process
 manager plugs in there alone: no supervisorctl command or module is written in the flow,
 and every stop goes through tasks/stop.yml."""
@@ -8,11 +8,11 @@ import re
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-PLAYBOOKS = os.path.join(ROOT, "playbooks")
+FLOW = [os.path.join(ROOT, "playbooks"), os.path.join(ROOT, "roles", "app")]
 
 
 def flow_files():
-    for dirpath, _dirs, files in os.walk(PLAYBOOKS):
+    for dirpath, _dirs, files in (entry for top in FLOW for entry in os.walk(top)):
         for name in sorted(files):
             if name.endswith(".yml"):
                 path = os.path.join(dirpath, name)
@@ -44,13 +44,13 @@ def test_instances_are_controlled_through_the_supervisor_role_control_entry_poin
     for path, text in flow_files():
         for task in tasks(yaml.safe_load(text) or []):
             role = task.get("ansible.builtin.include_role") or {}
-            # (site.yml provisions supervisor with the role's main entry point.)
+            # (The main entry point provisions supervisor with the role's main entry point.)
             if role.get("name") == "pydeploy.web.supervisor" and role.get("tasks_from", "main") != "main":
                 controls.append((path, role.get("tasks_from"), (task.get("vars") or {}).get("supervisor_control_state")))
     # One start (the instance serving, when it stopped) and one stop, in stop.yml.
     assert sorted(controls) == [
-        (os.path.join("playbooks", "tasks", "stop.yml"), "control", "stopped"),
-        (os.path.join("playbooks", "tasks", "switch.yml"), "control", "started"),
+        (os.path.join("roles", "app", "tasks", "stop.yml"), "control", "stopped"),
+        (os.path.join("roles", "app", "tasks", "switch.yml"), "control", "started"),
     ]
 
 
@@ -58,6 +58,6 @@ def test_every_stop_of_an_instance_goes_through_stop_yml():
     includes = [(path, task["name"]) for path, text in flow_files() for task in tasks(yaml.safe_load(text) or [])
                 if task.get("ansible.builtin.include_tasks") == "stop.yml"]
     assert sorted(path for path, _name in includes) == [
-        os.path.join("playbooks", "tasks", "failed.yml"),
-        os.path.join("playbooks", "tasks", "switch.yml"),
+        os.path.join("roles", "app", "tasks", "failed.yml"),
+        os.path.join("roles", "app", "tasks", "switch.yml"),
     ]
