@@ -12,7 +12,7 @@ import os
 import re
 import uuid
 
-from hostcheck import http
+from hostcheck import ProbeLoop, http
 
 DIST = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", ""), "dist")
 
@@ -56,10 +56,17 @@ class E2ESuite:
     def releases(self, host):
         return sorted(n for n in host.file("/srv/%s/releases" % self.APP).listdir() if not n.startswith("."))
 
+    def socket_link(self, host):
+        """current's socket link nginx connects through: uWSGI's while there is one, HTTP's otherwise."""
+        for protocol in ("uwsgi", "http"):
+            link = host.file("/srv/%s/current/.pydeploy-%s.sock" % (self.APP, protocol))
+            if link.is_symlink:
+                return protocol, link.linked_to
+        raise AssertionError("current has no socket link")
+
     def live_program(self, host):
         """The supervisor program serving: <app>-blue or <app>-green, by current's socket link."""
-        socket = host.file("/srv/%s/current/.pydeploy.sock" % self.APP).linked_to
-        return "%s-%s" % (self.APP, os.path.basename(socket).rsplit(".", 1)[0])
+        return "%s-%s" % (self.APP, os.path.basename(self.socket_link(host)[1]).rsplit(".", 1)[0])
 
     def pid(self, host, program=None):
         return int(host.check_output("supervisorctl pid %s" % (program or self.live_program(host))))
@@ -176,6 +183,35 @@ class E2ESuite:
         assert self.current(host) == first
         assert text in self.read_entries(host)
         assert result.task("Find the virtualenv of release")["changed"] is False  # reused
+
+    def test_changing_the_app_server_drops_no_request(self, host, play):
+        """app_server changed, as a user changes it: with a new release (current switched
+        to a release linked to the other server's socket) and back with the same release
+        (only its socket link switched), under requests through nginx all along. The other
+        e2e scenario starts from the other server: both directions of both paths."""
+        first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
+        second = release_id("%s-2.0.0.tar.gz" % self.EXAMPLE)
+        other = "gunicorn" if self.SERVER == "uwsgi" else "uwsgi"
+        protocol = {"gunicorn": "http", "uwsgi": "uwsgi"}
+        for server, artifact in ((other, "2.0.0"), (self.SERVER, "2.0.0")):
+            before = self.live_program(host)
+            with ProbeLoop(host, ["/", self.HEALTH], self.HOSTNAME) as loop:
+                result = play("deploy.yml", app_artifact=self.archive(artifact), app_server=server)
+            assert not result.failed, result
+            assert len(loop.results) >= 10, loop.results  # the loop ran through the deploy
+            assert loop.failures() == [], (server, loop.failures()[:20])
+            assert self.socket_link(host)[0] == protocol[server]
+            assert self.current(host) == second and self.version(host) == artifact
+            # The other instance serves, run by the server asked for; the one before stopped.
+            program = self.live_program(host)
+            assert program != before
+            args = host.run("cat /proc/%d/cmdline" % self.pid(host, program)).stdout.replace("\0", " ")
+            assert server in args.lower(), args  # "gunicorn: master [...]", "hello uWSGI master"
+            assert "STOPPED" in host.run("supervisorctl status %s" % before).stdout
+
+        result = play("rollback.yml", **self.ROLLBACK_VARS)
+        assert not result.failed, result
+        assert self.current(host) == first and self.version(host) == "1.0.0"
 
     def check_second_deploy(self, host, result):
         """Scenario-specific checks of the deploy of version 2.0.0."""

@@ -31,11 +31,14 @@ class TestFlaskUwsgi(E2ESuite):
 
     def test_the_app_server_speaks_the_uwsgi_protocol_to_nginx(self, host):
         site = host.file("/etc/nginx/sites-available/hello.conf").content_string
-        assert "uwsgi_pass" in site and "proxy_pass" not in site
+        # The site speaks uwsgi through current's uwsgi link while it exists (HTTP through
+        # the other one otherwise, for a change of app_server).
+        assert "if (-e /srv/hello/current/.pydeploy-uwsgi.sock)" in site
+        assert "server unix:/srv/hello/current/.pydeploy-uwsgi.sock" in site
         # The instance serving listens on its own socket, which nginx reaches through
-        # current's link; the other instance is stopped, its socket gone.
+        # current's uwsgi link; the other instance is stopped, its socket gone.
         program = self.live_program(host)
         color = program.rsplit("-", 1)[1]
-        assert host.file("/srv/hello/current/.pydeploy.sock").linked_to == "/run/hello/%s.sock" % color
+        assert self.socket_link(host) == ("uwsgi", "/run/hello/%s.sock" % color)
+        assert not host.file("/srv/hello/current/.pydeploy-http.sock").is_symlink
         assert host.socket("unix:///run/hello/%s.sock" % color).is_listening
-        assert "unix:/srv/hello/current/.pydeploy.sock" in site

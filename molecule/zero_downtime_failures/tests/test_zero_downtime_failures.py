@@ -33,7 +33,7 @@ def current(host):
 
 
 def live_program(host):
-    socket = host.file("%s/current/.pydeploy.sock" % ROOT).linked_to
+    socket = host.file("%s/current/.pydeploy-http.sock" % ROOT).linked_to  # gunicorn speaks HTTP
     return "%s-%s" % (APP, os.path.basename(socket).rsplit(".", 1)[0])
 
 
