@@ -69,7 +69,9 @@ class PlayResult:
 @pytest.fixture
 def play(host):
     """play(playbook, **extra_vars): run a playbook of this scenario against this host;
-    play.spawn(playbook, **extra_vars) starts it without waiting."""
+    play.spawn(playbook, **extra_vars) starts it without waiting;
+    play.with_collections(path, playbook, **extra_vars) runs it with another copy of the
+    collection."""
     scenario_dir = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
     name = host.backend.get_hostname()
 
@@ -90,7 +92,15 @@ def play(host):
         return subprocess.Popen(argv(playbook, extra_vars), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
 
+    def with_collections(path, playbook="converge.yml", **extra_vars):
+        """Run the playbook with pydeploy.web from the collections under path (another
+        copy of the collection, as after an upgrade) instead of this checkout."""
+        proc = subprocess.run(argv(playbook, extra_vars), env=dict(env, ANSIBLE_COLLECTIONS_PATH=str(path)),
+                              capture_output=True, text=True, timeout=900, check=False)
+        return PlayResult(proc, name)
+
     run.spawn = spawn
+    run.with_collections = with_collections
     return run
 
 

@@ -219,7 +219,10 @@ class E2ESuite:
     def test_a_failure_before_the_switch_leaves_the_running_release_serving(self, host, play):
         first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
         master = self.pid(host)
-        result = play("deploy.yml", app_artifact=self.archive("2.0.0"), app_requirements="no-such-requirements.txt")
+        env_before = host.file("/srv/%s/shared/.env" % self.APP).content_string
+        # New values of app_env reach shared/.env only with a release that goes live.
+        result = play("deploy.yml", app_artifact=self.archive("2.0.0"), app_requirements="no-such-requirements.txt",
+                      app_env={"E2E_NOT_LIVE": "never-written-%s" % uuid.uuid4().hex[:8]})
         assert result.failed, result
         assert "virtualenv_requirements /srv/%s/releases/%s/no-such-requirements.txt does not exist" % (
             self.APP, release_id("%s-2.0.0.tar.gz" % self.EXAMPLE)) in result.output
@@ -227,6 +230,7 @@ class E2ESuite:
         assert self.pid(host) == master  # not restarted
         assert self.version(host) == "1.0.0"
         assert "Nothing was switched: release %s is still serving." % first in result.output
+        assert host.file("/srv/%s/shared/.env" % self.APP).content_string == env_before
 
     def test_an_unhealthy_release_never_goes_live(self, host, play):
         first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)

@@ -71,9 +71,10 @@ options:
         Values are converted to strings.
       - They win over O(env_file). C(LC_ALL), C(LANG) and C(PYTHONUTF8) are always set
         by the module.
-      - Ansible treats every value as a secret and replaces it with C(********) wherever
-        it appears in the result, so short values such as V(1) garble the output; keep
-        non-secret settings in O(env_file).
+      - Values of 4 characters or more are treated as secrets and replaced with
+        C(********) wherever they appear in the messages, the output and the command
+        line the module returns, as for O(env_file); shorter ones, such as V(1), are not
+        secrets and are left alone.
     type: dict
     default: {}
   env_file:
@@ -1070,6 +1071,13 @@ def main():
         required_by={"migration": "app_label"},
         supports_check_mode=True,
     )
+    # Ansible masks every value of a no_log option (env) wherever it appears in the
+    # result, "1" and "True" too, which garbles every number and flag in it: the values
+    # too short to be secrets are left to the module's own masking, which skips them, but
+    # for one that is also the password.
+    for value in module.params["env"].values():
+        if len(str(value)) < MIN_MASKED_LENGTH and str(value) != module.params["password"]:
+            module.no_log_values.discard(str(value))
     manager = DjangoManage(module)
     try:
         result = manager.ensure()

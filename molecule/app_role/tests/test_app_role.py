@@ -3,11 +3,13 @@ HTTP as the end-to-end scenarios, a second deploy and a rollback through the sam
 the play's own tasks around the role. Molecule's idempotence step ran converge again."""
 import os
 import re
+import shutil
 
 from e2e import DIST, release_id
 from hostcheck import http
 
 SECRET = "app-role-secret-Qw7Lk2Vn9Zt4Rm6Xc3Bp"
+CHECKOUT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", "")
 
 
 def version(host):
@@ -55,3 +57,40 @@ def test_bad_input_in_the_play_fails_before_any_change(host, play):
     assert result.stats.get("changed", 0) == 0, result
     assert current(host) == before
     assert version(host) == "1.0.0"
+
+
+def live_program(host):
+    """The supervisor program (shop-blue or shop-green) whose socket current links to."""
+    link = host.file("/srv/shop/current/.pydeploy-uwsgi.sock").linked_to
+    return "shop-" + os.path.basename(link)[:-len(".sock")]
+
+
+def test_a_collection_upgrade_that_changes_a_template_starts_the_other_instance(host, play, tmp_path):
+    # The collection as a later version would install it: the same, but for one line
+    # in the template of uWSGI's configuration.
+    upgraded = tmp_path / "ansible_collections" / "pydeploy" / "web"
+    upgraded.mkdir(parents=True)
+    for name in ("galaxy.yml", "meta", "plugins", "roles", "playbooks"):
+        source = os.path.join(CHECKOUT, name)
+        (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, upgraded / name)
+    marker = "# changed by a later version of pydeploy.web"
+    with open(upgraded / "roles/uwsgi/templates/etc/app/uwsgi.ini.j2", "a") as template:
+        template.write(marker + "\n")
+    release = current(host)
+    before = live_program(host)
+
+    # The same release and variables: only what the roles render changed.
+    result = play.with_collections(tmp_path, "converge.yml", shop_action="deploy")
+    assert not result.failed, result
+    after = live_program(host)
+    assert after != before
+    assert marker in host.file("/etc/shop/uwsgi-%s.ini" % after[len("shop-"):]).content_string
+    assert "STOPPED" in host.run("supervisorctl status %s" % before).stdout
+    assert current(host) == release and version(host) == "1.0.0"
+
+    # Back to this checkout's roles: the other instance again, without the line.
+    result = play("converge.yml", shop_action="deploy")
+    assert not result.failed, result
+    assert live_program(host) == before
+    assert marker not in host.file("/etc/shop/uwsgi-%s.ini" % before[len("shop-"):]).content_string
+    assert current(host) == release and version(host) == "1.0.0"

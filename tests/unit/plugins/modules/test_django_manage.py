@@ -613,6 +613,24 @@ def test_env_and_env_file_values_are_masked_in_the_result(run_module, project, c
     assert result["msg"] == "manage.py clearsessions failed (rc 1): OperationalError: password ******** rejected"
 
 
+def test_short_env_values_are_no_secrets_to_ansible_either(run_module, project, commands, monkeypatch):
+    # Ansible masks every value of a no_log option in the result: "1" would garble every
+    # number in it. Only the values long enough to be secrets stay masked.
+    seen = {}
+
+    def exit_json(self, **kwargs):
+        seen.update(no_log_values=set(self.no_log_values))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(dm.AnsibleModule, "exit_json", exit_json)
+    commands.script = [answer("1 row\n")]
+    with pytest.raises(SystemExit):
+        run_module(dm.main, base_args(project, command="clearsessions",
+                                      env={"DJANGO_DEBUG": "1", "DATABASE_PASSWORD": "env-secret-pw"}))
+    assert "env-secret-pw" in seen["no_log_values"]
+    assert "1" not in seen["no_log_values"]
+
+
 def test_masking_leaves_django_data_intact(run_module, project, commands):
     # A value that equals an app label is masked in the output, not in the labels.
     (project.tmp / ".env").write_text("DB_NAME=notes\n")
