@@ -8,17 +8,19 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: wsgi_probe
-short_description: Ask an application server for a path on its unix socket until it answers as expected
+short_description: Ask uWSGI for a path over the uwsgi protocol on its unix socket until it answers as expected
 version_added: 0.1.0
 description:
   - Sends one C(GET) request for O(path) straight to the unix socket of an application
-    server, as nginx would, and waits until it answers with one of O(status_code). The
-    deploy playbooks use it as a health check of a freshly started gunicorn or uWSGI
-    before nginx sends it any traffic.
-  - With O(protocol=http) it speaks HTTP/1.1 (gunicorn); with O(protocol=uwsgi) it sends
-    a uwsgi protocol packet with the variables nginx's C(uwsgi_params) sets (uWSGI's
-    C(socket) option) and reads the HTTP response uWSGI writes back.
-    M(ansible.builtin.uri) can do neither.
+    server that speaks the binary uwsgi protocol (uWSGI's C(socket) option, what nginx's
+    C(uwsgi_pass) talks to), as nginx would, and waits until it answers with one of
+    O(status_code). The deploy flow (role pydeploy.web.app) uses it as a health check of
+    a freshly started uWSGI instance before nginx sends it any traffic.
+  - The request is a uwsgi protocol packet with the variables nginx's C(uwsgi_params)
+    sets; the answer is the HTTP response uWSGI writes back.
+  - For an application server that speaks HTTP on its socket (gunicorn, uWSGI's
+    C(http-socket)), use M(ansible.builtin.uri) with its C(unix_socket) option instead
+    (see the examples); this module does not speak HTTP on the socket.
   - The method is always C(GET) and no request body is sent.
   - A missing socket file, a refused, reset or timed out connection, an answer that is not
     HTTP and an answer with a status not in O(status_code) all mean "not yet"; the request
@@ -32,31 +34,22 @@ options:
   socket:
     description:
       - Path on the managed host of the unix socket the application server listens on, for
-        example C(/run/mysite/gunicorn.sock).
+        example C(/run/mysite/uwsgi.sock).
     type: path
     required: true
-  protocol:
-    description:
-      - V(http) for a server that speaks HTTP on the socket, such as gunicorn or uWSGI's
-        C(http-socket).
-      - V(uwsgi) for a server that speaks the binary uwsgi protocol, such as uWSGI's
-        C(socket) option (nginx's C(uwsgi_pass)).
-    type: str
-    choices: [http, uwsgi]
-    default: http
   path:
     description:
       - Path asked for, starting with C(/), with an optional query string, for example
         C(/health/) or C(/status?full=1).
       - Printable ASCII only, without spaces; percent-encode anything else.
-      - For O(protocol=uwsgi), C(PATH_INFO) is the part before C(?), percent-decoded, and
-        C(QUERY_STRING) the part after it.
+      - C(PATH_INFO) is the part before C(?), percent-decoded, C(QUERY_STRING) the part
+        after it, and C(REQUEST_URI) the whole.
     type: str
     default: /
   host:
     description:
-      - Host name sent as the C(Host) header (V(http)), or as C(HTTP_HOST) and, without a
-        C(:port), as C(SERVER_NAME) (V(uwsgi)).
+      - Host name sent as C(HTTP_HOST) and, without a C(:port), as C(SERVER_NAME); its
+        C(:port), if any, as C(SERVER_PORT).
       - Frameworks check it, Django against C(ALLOWED_HOSTS) for example, so pass the site's
         server name.
     type: str
@@ -64,18 +57,17 @@ options:
   headers:
     description:
       - Extra request headers, name to value. They replace the module's own headers of the
-        same name (C(User-Agent), C(X-Forwarded-Proto), ...).
-      - For O(protocol=uwsgi) each one is sent as the variable C(HTTP_<NAME>), the name
-        upper-cased with C(-) replaced by C(_), as nginx does.
+        same name (C(User-Agent), C(Accept), C(X-Forwarded-Proto), ...).
+      - Each one is sent as the variable C(HTTP_<NAME>), the name upper-cased with C(-)
+        replaced by C(_), as nginx does.
     type: dict
     default: {}
   scheme:
     description:
       - Scheme the request claims to have come in with, as nginx would pass it on.
-      - V(http) sends C(X-Forwarded-Proto) with this value, as nginx does; gunicorn believes
-        it from connections on its unix socket whatever C(forwarded_allow_ips) says.
-      - V(uwsgi) sends C(UWSGI_SCHEME) (which sets C(wsgi.url_scheme)) and C(REQUEST_SCHEME),
-        C(HTTPS=on) for V(https), and C(SERVER_PORT) 443 instead of 80.
+      - Sent as C(UWSGI_SCHEME) (which sets C(wsgi.url_scheme)), C(REQUEST_SCHEME) and the
+        header C(X-Forwarded-Proto) (C(HTTP_X_FORWARDED_PROTO)); V(https) also sends
+        C(HTTPS=on) and C(SERVER_PORT) 443 instead of 80.
       - Set V(https) for a site that redirects plain HTTP to HTTPS, or the probe gets the
         redirect.
     type: str
@@ -131,40 +123,41 @@ attributes:
 notes:
   - The request goes to the application server directly; nginx and its configuration are
     not involved. Check the site through nginx as well, with M(ansible.builtin.uri).
-  - Connecting to a unix socket needs write permission on it. The gunicorn and uwsgi roles
-    make their sockets C(0660), owned by the application user and nginx's group, so run this
-    task with C(become) (root, the application user or nginx's user); otherwise every attempt
+  - Connecting to a unix socket needs write permission on it. The uwsgi role makes its
+    socket C(0660), owned by the application user and nginx's group, so run this task with
+    C(become) (root, the application user or nginx's user); otherwise every attempt
     fails with C(Permission denied).
   - The task is never reported as changed.
 seealso:
   - module: ansible.builtin.uri
+    description: Ask an HTTP application server, such as gunicorn, on its unix socket (option C(unix_socket)).
   - module: ansible.builtin.wait_for
 """
 
 EXAMPLES = r"""
-- name: Wait until gunicorn answers 200 for /health/ on its socket
+- name: Wait until uWSGI answers 200 for /health/ on its socket
   pydeploy.web.wsgi_probe:
-    socket: /run/mysite/gunicorn.sock
+    socket: /run/mysite/uwsgi.sock
     path: /health/
     host: mysite.example.com
   become: true
 
-- name: Ask uWSGI over the uwsgi protocol, as nginx's uwsgi_pass would, for an HTTPS site
+- name: Ask as nginx's uwsgi_pass would for an HTTPS site; 60 s to start, 20 s to become healthy
   pydeploy.web.wsgi_probe:
     socket: /run/mysite/uwsgi.sock
-    protocol: uwsgi
     path: /health/?db=1
     host: mysite.example.com
     scheme: https
     headers:
       Accept: application/json
     wait: 60
+    answer_wait: 20
     delay: 1
   become: true
 
 - name: Accept 503 (maintenance) as an answer too and look at what came back
   pydeploy.web.wsgi_probe:
-    socket: /run/mysite/gunicorn.sock
+    socket: /run/mysite/uwsgi.sock
     path: /health/
     host: mysite.example.com
     status_code: [200, 503]
@@ -177,6 +170,22 @@ EXAMPLES = r"""
     msg: >-
       {{ 'in maintenance: ' ~ mysite_probe.body if mysite_probe.status == 503 else 'serving' }}
       after {{ mysite_probe.attempts }} attempt(s), {{ mysite_probe.elapsed }} s
+
+# gunicorn (or uWSGI's http-socket) speaks HTTP on its socket: ansible.builtin.uri asks it.
+# The host of the URL is sent as the Host header; retries x delay bounds the wait.
+- name: Wait until gunicorn answers 200 for /health/ on its socket
+  ansible.builtin.uri:
+    unix_socket: /run/mysite/gunicorn.sock
+    url: http://mysite.example.com/health/
+    follow_redirects: none
+    use_proxy: false
+    status_code: [200]
+    timeout: 10
+  become: true
+  register: mysite_gunicorn_probe
+  until: mysite_gunicorn_probe.status == 200
+  retries: 30
+  delay: 1
 """
 
 RETURN = r"""
@@ -218,12 +227,7 @@ socket:
   description: The socket probed, as given.
   returned: always
   type: str
-  sample: /run/mysite/gunicorn.sock
-protocol:
-  description: The protocol spoken.
-  returned: always
-  type: str
-  sample: http
+  sample: /run/mysite/uwsgi.sock
 path:
   description: The path asked for.
   returned: always
@@ -289,23 +293,6 @@ class _DeadlineSocket(socket.socket):
         return super().recv(*args)
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path, deadline, timeout):
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = socket_path
-        self._deadline = deadline
-        self._probe_timeout = timeout
-
-    def connect(self):
-        sock = _DeadlineSocket(self._deadline, self._probe_timeout)
-        try:
-            sock.connect(self._socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 # -- request building (pure) ---------------------------------------------------
 
 
@@ -350,8 +337,8 @@ def _merge_headers(own, extra):
     return [(k, v) for k, v in own if k.lower() not in names] + extra
 
 
-def http_headers(host, headers, scheme):
-    """The request headers of the HTTP probe, as a list of (name, value)."""
+def request_headers(host, headers, scheme):
+    """The request's headers, as a list of (name, value), before they become HTTP_* variables."""
     own = [("Host", host), ("User-Agent", USER_AGENT), ("Accept", "*/*"), ("Connection", "close"),
            ("X-Forwarded-Proto", scheme)]
     return _merge_headers(own, headers or {})
@@ -382,7 +369,7 @@ def uwsgi_vars(path, host, headers, scheme):
         ("SERVER_PORT", port or ("443" if https else "80")),
         ("SERVER_NAME", server_name),
     ]
-    for name, value in http_headers(host, headers, scheme):
+    for name, value in request_headers(host, headers, scheme):
         if name.lower() == "connection":
             continue  # a hop-by-hop header nginx does not pass on
         env.append(("HTTP_" + name.upper().replace("-", "_"), value))
@@ -442,45 +429,28 @@ def _answer(response, body_limit):
     return response.status, response.reason, headers, body.decode("utf-8", errors="replace")
 
 
-def probe_once(socket_path, protocol="http", path="/", host="localhost", headers=None, scheme="http",
+def probe_once(socket_path, path="/", host="localhost", headers=None, scheme="http",
                timeout=10.0, body_limit=4096):
-    """Send one GET for path to the unix socket and read the answer.
+    """Send one GET for path, over the uwsgi protocol, to the unix socket and read the answer.
 
     Returns (status, reason, headers, body). Raises OSError (socket.timeout included)
     when the server cannot be reached or does not answer in time, and
     http.client.HTTPException when the answer is not HTTP."""
     deadline = time.monotonic() + timeout
-    headers = headers or {}
-    if protocol == "http":
-        conn = _UnixHTTPConnection(socket_path, deadline, timeout)
+    packet = build_uwsgi_packet(uwsgi_vars(path, host, headers or {}, scheme))
+    sock = _DeadlineSocket(deadline, timeout)
+    try:
+        sock.connect(socket_path)
+        sock.sendall(packet)
+        # uWSGI answers with a plain HTTP response and closes the connection.
+        response = http.client.HTTPResponse(sock, method="GET")
         try:
-            conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
-            for name, value in http_headers(host, headers, scheme):
-                conn.putheader(name, value)
-            conn.endheaders()
-            response = conn.getresponse()
-            try:
-                return _answer(response, body_limit)
-            finally:
-                response.close()
+            response.begin()
+            return _answer(response, body_limit)
         finally:
-            conn.close()
-    if protocol == "uwsgi":
-        packet = build_uwsgi_packet(uwsgi_vars(path, host, headers, scheme))
-        sock = _DeadlineSocket(deadline, timeout)
-        try:
-            sock.connect(socket_path)
-            sock.sendall(packet)
-            # uWSGI answers with a plain HTTP response and closes the connection.
-            response = http.client.HTTPResponse(sock, method="GET")
-            try:
-                response.begin()
-                return _answer(response, body_limit)
-            finally:
-                response.close()
-        finally:
-            sock.close()
-    raise ValueError("protocol must be http or uwsgi, got %r" % (protocol,))
+            response.close()
+    finally:
+        sock.close()
 
 
 def describe_error(exc, socket_path, timeout):
@@ -515,7 +485,7 @@ def _seconds(value):
     return "%g" % value
 
 
-def probe(socket_path, protocol="http", path="/", host="localhost", headers=None, scheme="http",
+def probe(socket_path, path="/", host="localhost", headers=None, scheme="http",
           status_code=(200,), timeout=10.0, wait=30.0, delay=0.5, body_limit=4096,
           answer_wait=None, clock=time.monotonic, sleep=time.sleep):
     """Probe until an expected status comes back or wait runs out; with answer_wait
@@ -524,7 +494,7 @@ def probe(socket_path, protocol="http", path="/", host="localhost", headers=None
 
     Returns (result, msg): msg is None on success, else why it failed."""
     result = dict(status=0, reason="", body="", headers={}, attempts=0, elapsed=0.0,
-                  socket=socket_path, protocol=protocol, path=path)
+                  socket=socket_path, path=path)
     started = clock()
     answered = None  # when the first answer came
     last_error = None
@@ -532,7 +502,7 @@ def probe(socket_path, protocol="http", path="/", host="localhost", headers=None
         result["attempts"] += 1
         try:
             status, reason, answer_headers, body = probe_once(
-                socket_path, protocol=protocol, path=path, host=host, headers=headers, scheme=scheme,
+                socket_path, path=path, host=host, headers=headers, scheme=scheme,
                 timeout=timeout, body_limit=body_limit)
         except (OSError, http.client.HTTPException) as e:
             last_error = describe_error(e, socket_path, timeout)
@@ -567,8 +537,8 @@ def probe(socket_path, protocol="http", path="/", host="localhost", headers=None
         if answer:
             outcome += "; the last answer before that was " + answer
     attempts = result["attempts"]
-    msg = "GET %s on unix socket %s (%s) did not answer %s %s (%d attempt%s): %s" % (
-        path, socket_path, protocol, _codes(status_code), stopped_by, attempts,
+    msg = "GET %s on unix socket %s (uwsgi) did not answer %s %s (%d attempt%s): %s" % (
+        path, socket_path, _codes(status_code), stopped_by, attempts,
         "" if attempts == 1 else "s", outcome)
     return result, msg
 
@@ -577,7 +547,6 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             socket=dict(type="path", required=True),
-            protocol=dict(type="str", default="http", choices=["http", "uwsgi"]),
             path=dict(type="str", default="/"),
             host=dict(type="str", default="localhost"),
             headers=dict(type="dict", default={}),
@@ -593,7 +562,7 @@ def main():
     )
     p = module.params
     base = dict(changed=False, status=0, reason="", body="", headers={}, attempts=0, elapsed=0.0,
-                socket=p["socket"], protocol=p["protocol"], path=p["path"])
+                socket=p["socket"], path=p["path"])
 
     def bad(msg):
         module.fail_json(msg=msg, **base)
@@ -614,13 +583,12 @@ def main():
     for name in ("wait", "answer_wait", "delay", "body_limit"):
         if p[name] is not None and p[name] < 0:
             bad("%s must not be negative, got %s" % (name, p[name]))
-    if p["protocol"] == "uwsgi":
-        try:
-            build_uwsgi_packet(uwsgi_vars(p["path"], p["host"], p["headers"], p["scheme"]))
-        except ValueError as e:
-            bad(str(e))
+    try:
+        build_uwsgi_packet(uwsgi_vars(p["path"], p["host"], p["headers"], p["scheme"]))
+    except ValueError as e:
+        bad(str(e))
 
-    result, msg = probe(p["socket"], protocol=p["protocol"], path=p["path"], host=p["host"],
+    result, msg = probe(p["socket"], path=p["path"], host=p["host"],
                         headers=p["headers"], scheme=p["scheme"], status_code=p["status_code"],
                         timeout=p["timeout"], wait=p["wait"], answer_wait=p["answer_wait"], delay=p["delay"],
                         body_limit=p["body_limit"])
