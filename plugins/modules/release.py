@@ -54,13 +54,13 @@ description:
     root; the second fails at once, naming the holder (pid, host, start time). The kernel drops the lock of a run that
     died, and the next run takes it over with a warning.
   - The deploy lock, C(.pydeploy/deploy.lock), is held by one playbook run for as long as it deploys
-    (V(locked) at its start, V(unlocked) at its end): a JSON file naming the holder, the controller's
+    (V(locked) at its start, V(unlocked) at its end), a JSON file naming the holder, the controller's
     C(ansible-playbook) process (host, pid, start time, user), and since when. A second run's V(locked)
     fails at once naming that holder. The module's action plugin fills in the holder on the controller,
     and takes over the lock of a run whose process is gone from this same controller (killed, crashed),
     with a warning; a lock older than O(stale_after) is taken over from any controller, with a warning.
     The file is created with C(O_CREAT|O_EXCL), replaced by a rename, never read or written through a
-    link, in C(.pydeploy/), which only root can write. Only the deploy lock's own states look at it: a
+    link, in C(.pydeploy/), which only root can write. Only the deploy lock's own states look at it; a
     play calling other states of the module directly does not take part. See C(docs/operations.md).
   - When the release is already unpacked with the same SHA-256, the archive is not read
     at all, so a re-run costs a few system calls.
@@ -719,7 +719,7 @@ def main():
         argument_spec=dict(
             root=dict(type="path", required=True),
             state=dict(type="str", default="active",
-                                  choices=["active", "unpacked", "rollback", "pruned", "failed", "query", "locked", "unlocked"]),
+                       choices=["active", "unpacked", "rollback", "pruned", "failed", "query", "locked", "unlocked"]),
             src=dict(type="path"),
             checksum=dict(type="str"),
             release_id=dict(type="str"),

@@ -77,7 +77,7 @@ def root(tmp_path):
     return tmp_path / "srv" / "app"
 
 
-def plant(root, **holder):
+def plant(root, holder):
     (root / ".pydeploy").mkdir(parents=True, exist_ok=True)
     lock = dict(holder, since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     (root / ".pydeploy" / "deploy.lock").write_text(json.dumps(lock))
@@ -145,7 +145,7 @@ def test_without_proc_there_is_no_start_time_and_no_takeover(tmp_path):
 
 def test_a_dead_run_of_this_controller_is_taken_over_with_a_warning(plugin, root):
     me = action.holder()
-    planted = plant(root, **dict(me, pid=dead_pid(), start_ticks=12345))
+    planted = plant(root, dict(me, pid=dead_pid(), start_ticks=12345))
     result, calls = plugin(dict(root=str(root), state="locked"))
     assert not result.get("failed"), result
     assert len(calls) == 2
@@ -158,7 +158,7 @@ def test_a_dead_run_of_this_controller_is_taken_over_with_a_warning(plugin, root
 
 def test_a_reused_pid_is_a_dead_run(plugin, root):
     me = action.holder()
-    planted = plant(root, **dict(me, start_ticks=me["start_ticks"] - 1))  # this pid, an earlier process
+    planted = plant(root, dict(me, start_ticks=me["start_ticks"] - 1))  # this pid, an earlier process
     result, calls = plugin(dict(root=str(root), state="locked"))
     assert not result.get("failed"), result
     assert len(calls) == 2 and result["taken_over"] == planted
@@ -167,7 +167,7 @@ def test_a_reused_pid_is_a_dead_run(plugin, root):
 def test_a_live_run_is_refused_and_the_failure_passed_through(plugin, root):
     child = subprocess.Popen(["sleep", "30"])
     try:
-        planted = plant(root, **action.holder(pid=child.pid))
+        planted = plant(root, action.holder(pid=child.pid))
         result, calls = plugin(dict(root=str(root), state="locked"))
     finally:
         child.kill()
@@ -183,7 +183,7 @@ def test_a_live_run_is_refused_and_the_failure_passed_through(plugin, root):
     dict(pid_ns=1),  # a container by the same name
 ], ids=["host", "boot", "pid-namespace"])
 def test_a_run_of_another_controller_is_never_taken_over_by_its_pid(plugin, root, other):
-    planted = plant(root, **dict(action.holder(), pid=dead_pid(), **other))
+    planted = plant(root, dict(action.holder(), **dict(other, pid=dead_pid())))
     result, calls = plugin(dict(root=str(root), state="locked"))
     assert result["failed"] is True and len(calls) == 1
     assert on_disk(root) == planted

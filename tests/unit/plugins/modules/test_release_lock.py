@@ -37,10 +37,10 @@ def read_lock(root):
     return json.loads(lock_file(root).read_text())
 
 
-def run(run_module, root, state, holder=ME, check_mode=False, **kw):
+def run(run_module, root, state, holder="me", check_mode=False, **kw):
     args = dict(root=str(root), state=state, **kw)
     if holder is not None:
-        args["holder"] = holder
+        args["holder"] = ME if holder == "me" else holder
     return run_module(release.main, args, check_mode=check_mode)
 
 
