@@ -26,6 +26,7 @@ import socket
 import time
 
 from ansible.plugins.action import ActionBase
+from ansible.utils.vars import merge_hash
 
 MODULE = "pydeploy.web.release"
 # Set by this plugin only.
@@ -121,27 +122,36 @@ def process_gone(lock, me, proc="/proc"):
 class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
+    _supports_check_mode = True
+    _supports_async = True  # the other states, as the module alone supported it
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         del tmp  # tmp no longer has any effect
         args = dict(self._task.args)
-        if args.get("state") not in ("locked", "unlocked"):
-            result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars))
+        state = args.get("state")
+        if state not in ("locked", "unlocked"):
+            wrap_async = self._task.async_val and not self._connection.has_native_async
+            result = merge_hash(result, self._execute_module(module_name=MODULE, module_args=args,
+                                                             task_vars=task_vars, wrap_async=wrap_async))
+            if not wrap_async:
+                self._remove_tmp_path(self._connection._shell.tmpdir)
             return result
 
         given = [name for name in INTERNAL if name in args]
-        if given:
-            result.update(failed=True, msg="%s: set by the action plugin of %s on the controller, not in a task "
-                                           "(state=%s)" % (", ".join(given), MODULE, args["state"]))
+        if given or self._task.async_val:
+            result.update(failed=True, msg="%s of %s with state=%s: %s" % (
+                ", ".join(given) or "async", MODULE, state,
+                "set by its action plugin on the controller, not in a task" if given
+                else "the deploy lock is taken and released in the foreground"))
             return result
         me = holder()
         args["holder"] = me
         outcome = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
-        if args["state"] == "locked" and outcome.get("failed") and process_gone(outcome.get("lock"), me):
+        if state == "locked" and outcome.get("failed") and process_gone(outcome.get("lock"), me):
             # The lock names a run of this controller whose process is gone: take it over,
             # if the lock still names that run (the module checks, under its own lock).
             args.update(takeover=True, takeover_of=outcome["lock"])
             outcome = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
-        result.update(outcome)
-        return result
+        self._remove_tmp_path(self._connection._shell.tmpdir)
+        return merge_hash(result, outcome)

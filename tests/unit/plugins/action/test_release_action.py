@@ -61,10 +61,11 @@ def plugin(monkeypatch):
         return run_module_here(module_args)
 
     monkeypatch.setattr(action.ActionModule, "_execute_module", execute)
+    monkeypatch.setattr(action.ActionModule, "_remove_tmp_path", lambda self, path: None)
 
-    def run(args):
-        task = mock.MagicMock(args=dict(args), async_val=0, check_mode=False, action="pydeploy.web.release")
-        connection = mock.MagicMock()
+    def run(args, async_val=0):
+        task = mock.MagicMock(args=dict(args), async_val=async_val, check_mode=False, action="pydeploy.web.release")
+        connection = mock.MagicMock(has_native_async=False)
         connection._shell.tmpdir = None
         plugin = action.ActionModule(task, connection, mock.MagicMock(), None, None, None)
         return plugin.run(task_vars={}), calls
@@ -204,8 +205,22 @@ def test_the_plugin_s_own_options_are_refused_in_a_task(plugin, root, name):
     assert calls == [] and not root.exists()
 
 
+def test_the_lock_is_not_taken_in_the_background(plugin, root):
+    result, calls = plugin(dict(root=str(root), state="locked"), async_val=60)
+    assert result["failed"] is True and "async" in result["msg"] and "foreground" in result["msg"]
+    assert calls == [] and not root.exists()
+
+
 def test_other_states_go_to_the_module_unchanged(plugin, root):
     args = dict(root=str(root), state="query")
     result, calls = plugin(args)
     assert calls == [args]
     assert not result.get("failed") and result["current"] is None
+
+
+def test_other_states_keep_async(plugin, root, monkeypatch):
+    seen = []
+    monkeypatch.setattr(action.ActionModule, "_execute_module",
+                        lambda self, **kw: seen.append(kw["wrap_async"]) or {"ansible_job_id": "j1", "started": 1})
+    result, _calls = plugin(dict(root=str(root), state="query"), async_val=60)
+    assert seen == [True] and result["ansible_job_id"] == "j1"
