@@ -245,7 +245,9 @@ attributes:
         released (and fails when it would be refused), without writing it.
   diff_mode:
     support: full
-    details: Shows the target of C(current) and the list of releases before and after.
+    details:
+      - Shows the target of C(current) and the list of releases before and after.
+      - O(state=locked) and O(state=unlocked) return no diff; RV(lock) and RV(taken_over) say what they did.
 notes:
   - Run it with privileges that can create O(root) and set O(owner); the app_release role does.
   - O(src) must be on the managed host; the P(pydeploy.web.app_release#role) role copies it there
