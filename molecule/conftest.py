@@ -87,10 +87,11 @@ def play(host):
                               check=False)
         return PlayResult(proc, name)
 
-    def spawn(playbook="converge.yml", **extra_vars):
-        """Start the playbook and return its Popen, in a process group of its own (to kill)."""
-        return subprocess.Popen(argv(playbook, extra_vars), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+    def spawn(playbook="converge.yml", output=None, **extra_vars):
+        """Start the playbook and return its Popen, in a process group of its own (to kill);
+        its output goes to the file object `output`, or nowhere."""
+        return subprocess.Popen(argv(playbook, extra_vars), env=env, stdout=output or subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT if output else subprocess.DEVNULL, start_new_session=True)
 
     def with_collections(path, playbook="converge.yml", **extra_vars):
         """Run the playbook with pydeploy.web from the collections under path (another

@@ -13,7 +13,9 @@ Host layout under an application root:
     current -> releases/<id>
     .pydeploy/history.jsonl append-only record of unpacks, switches, rollbacks, prunes
                             and failure marks
-    .pydeploy/lock          held (flock) by the run that changes the root
+    .pydeploy/lock          held (flock) by the module call that changes the root
+    .pydeploy/deploy.lock   the deploy lock: held by one playbook run (its controller
+                            process) from its start to its end, JSON naming the holder
 
 Trust model. The module runs as root and the application user is untrusted. The
 root, releases/ and .pydeploy/ (and every directory above the root) must be real
@@ -286,21 +288,30 @@ class RootLock:
         self.fd = None
         self.stale = None
 
-    def acquire(self):
+    def acquire(self, wait=0):
+        """Take the lock, or fail naming its holder; wait is how many seconds to keep
+        trying first (the deploy lock's states wait for a call of another run to end,
+        so that they can name that run's holder of the deploy lock)."""
         fd = _open_state_file(self.dir_fd, os.path.basename(self.path), os.O_RDWR | os.O_CREAT, self.path)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise ReleaseError("%s is not a regular file; remove it" % self.path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = self._read(fd)
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise ReleaseError(
-                "another deploy holds the lock %s: pid %s on host %s since %s; wait for it to finish"
-                % (self.path, holder.get("pid", "?"), holder.get("host", "?"), holder.get("started", "?")))
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EACCES) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                holder = self._read(fd)
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise ReleaseError(
+                    "another deploy holds the lock %s: pid %s on host %s since %s; wait for it to finish"
+                    % (self.path, holder.get("pid", "?"), holder.get("host", "?"), holder.get("started", "?")))
         previous = self._read(fd)
         if previous.get("pid"):
             # The file still names a holder, but nobody holds the flock: that run died.
@@ -324,6 +335,122 @@ class RootLock:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)
             self.fd = None
+
+
+# ------------------------------------------------------------------ deploy lock
+
+DEPLOY_LOCK = "deploy.lock"
+# What tells one holder (a playbook run on one controller) from another. user and
+# started are for people; start_ticks, boot_id and pid_ns make the identity exact
+# where the controller has /proc.
+HOLDER_IDENTITY = ("host", "pid", "start_ticks", "boot_id", "pid_ns")
+HOLDER_KEYS = ("host", "pid", "started", "user", "start_ticks", "boot_id", "pid_ns")
+
+
+def same_holder(a, b):
+    """Whether two holder records name the same run (their identity fields agree)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    return all(a.get(k) == b.get(k) for k in HOLDER_IDENTITY)
+
+
+def parse_utc(text):
+    """Seconds since the epoch of a time as utcnow() writes it; None when it is not one."""
+    try:
+        return datetime.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def _duration(seconds):
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return "%d s" % seconds
+    if seconds < 7200:
+        return "%d min" % (seconds // 60)
+    return "%.1f h" % (seconds / 3600.0)
+
+
+def describe_holder(lock, now=None):
+    """The holder of a deploy lock as a sentence: who, where, since when."""
+    if lock.get("unreadable"):
+        return "an unreadable lock file (written %s)" % lock.get("since", "at an unknown time")
+    since = lock.get("since")
+    age = ""
+    since_s = parse_utc(since)
+    if since_s is not None:
+        age = ", %s ago" % _duration((time.time() if now is None else now) - since_s)
+    return "ansible-playbook pid %s on controller %s, started %s, run by user %s, holding it since %s%s" % (
+        lock.get("pid", "?"), lock.get("host", "?"), lock.get("started") or "at an unknown time",
+        lock.get("user") or "?", since or "an unknown time", age)
+
+
+class DeployLock:
+    """The deploy lock of a root, .pydeploy/deploy.lock: a JSON file naming the run
+    that holds it (controller host, pid, start time, user, since when). It is created
+    with O_CREAT|O_EXCL and replaced (on a takeover) by a rename, never through a
+    link, in .pydeploy/, which only root can write; callers hold the root's per-call
+    flock (RootLock) while they read and change it."""
+
+    def __init__(self, root):
+        self.root = root
+        self.path = os.path.join(root.state_dir, DEPLOY_LOCK)
+
+    def read(self):
+        """The lock's content (a dict; {"unreadable": True, "since": ...} for a file
+        that is not a lock this module wrote in full), or None when there is none."""
+        if self.root.state_fd is None:
+            return None
+        try:
+            fd = _open_state_file(self.root.state_fd, DEPLOY_LOCK, os.O_RDONLY | os.O_NONBLOCK, self.path)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ReleaseError("%s is not a regular file, not a lock this module wrote; refused (remove it)"
+                                   % self.path)
+            data = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+        try:
+            lock = json.loads(data.decode())
+        except ValueError:
+            lock = None
+        if not isinstance(lock, dict) or not lock.get("host") or not isinstance(lock.get("pid"), int):
+            # A crash between the create and the write, or a file someone else made.
+            return {"unreadable": True, "since": datetime.datetime.fromtimestamp(
+                st.st_mtime, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        return lock
+
+    def write(self, lock, replace=False):
+        """Create the lock (it must not exist), or replace the one there atomically."""
+        data = (json.dumps(lock, sort_keys=True) + "\n").encode()
+        name = ".%s.%d.tmp" % (DEPLOY_LOCK, os.getpid()) if replace else DEPLOY_LOCK
+        if replace:
+            try:
+                os.unlink(name, dir_fd=self.root.state_fd)
+            except FileNotFoundError:
+                pass
+        fd = _open_state_file(self.root.state_fd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                              os.path.join(self.root.state_dir, name))
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.rename(name, DEPLOY_LOCK, src_dir_fd=self.root.state_fd, dst_dir_fd=self.root.state_fd)
+        os.fsync(self.root.state_fd)
+
+    def remove(self):
+        """Unlink the lock (unlink never follows a link)."""
+        try:
+            os.unlink(DEPLOY_LOCK, dir_fd=self.root.state_fd)
+        except FileNotFoundError:
+            return
+        os.fsync(self.root.state_fd)
 
 
 # ------------------------------------------------------------------ the stream
@@ -867,8 +994,11 @@ class Root:
     def __exit__(self, *exc):
         self.close()
 
-    def lock(self):
-        return RootLock(self.state_fd, self.lock_path).acquire()
+    def lock(self, wait=0):
+        return RootLock(self.state_fd, self.lock_path).acquire(wait)
+
+    def deploy_lock(self):
+        return DeployLock(self)
 
     def release_path(self, release_id):
         return os.path.join(self.releases_dir, release_id)

@@ -50,9 +50,18 @@ description:
     (O(state=active) or O(state=pruned)), whatever O(keep_releases), unless it is the current
     release. Activating it again, rolling back to it by name, or unpacking it again after it
     was pruned clears the mark.
-  - A lock (C(.pydeploy/lock), opened without following a link) keeps two runs off one
+  - A lock (C(.pydeploy/lock), opened without following a link) keeps two calls of the module off one
     root; the second fails at once, naming the holder (pid, host, start time). The kernel drops the lock of a run that
     died, and the next run takes it over with a warning.
+  - The deploy lock, C(.pydeploy/deploy.lock), is held by one playbook run for as long as it deploys
+    (V(locked) at its start, V(unlocked) at its end), a JSON file naming the holder, the controller's
+    C(ansible-playbook) process (host, pid, start time, user), and since when. A second run's V(locked)
+    fails at once naming that holder. The module's action plugin fills in the holder on the controller,
+    and takes over the lock of a run whose process is gone from this same controller (killed, crashed),
+    with a warning; a lock older than O(stale_after) is taken over from any controller, with a warning.
+    The file is created with C(O_CREAT|O_EXCL), replaced by a rename, never read or written through a
+    link, in C(.pydeploy/), which only root can write. Only the deploy lock's own states look at it; a
+    play calling other states of the module directly does not take part. See C(docs/operations.md).
   - When the release is already unpacked with the same SHA-256, the archive is not read
     at all, so a re-run costs a few system calls.
 author:
@@ -79,8 +88,15 @@ options:
         is left alone (no change). A failed release is never a rollback target and is removed at the
         next prune.
       - V(query) changes nothing and reports the state of the root.
+      - V(locked) takes the deploy lock for the run named by O(holder) (creating O(root) and C(.pydeploy/)
+        when missing, nothing else). Already held by that run, nothing changes. Held by another run, the
+        task fails at once with a message naming it (controller, pid, start time, user, since when) and
+        how to clear the lock, and returns it in RV(lock); unless the lock is older than O(stale_after)
+        seconds, or O(takeover) is set, when it is taken over with a warning (RV(taken_over)).
+      - V(unlocked) releases the deploy lock when the run named by O(holder) holds it (or whoever holds
+        it, with O(force=true)). A lock held by another run is left alone, with a warning; no lock, no change.
     type: str
-    choices: [active, unpacked, rollback, pruned, failed, query]
+    choices: [active, unpacked, rollback, pruned, failed, query, locked, unlocked]
     default: active
   src:
     description:
@@ -160,6 +176,62 @@ options:
       - Files keep their archive modes, without setuid, setgid, sticky and group/world write bits.
     type: raw
     default: "0755"
+  holder:
+    description:
+      - The run that takes or releases the deploy lock, with O(state=locked) and O(state=unlocked).
+      - Filled in by the module's action plugin on the controller, for the C(ansible-playbook) process
+        that runs the play; setting it in a task is refused.
+    type: dict
+    suboptions:
+      host:
+        description: Host name of the controller.
+        type: str
+        required: true
+      pid:
+        description: Process id of C(ansible-playbook) on the controller.
+        type: int
+        required: true
+      started:
+        description: When that process started, in UTC, such as C(2026-12-04T18:00:00Z); null where the controller has no C(/proc).
+        type: str
+      user:
+        description: The controller user running it.
+        type: str
+      start_ticks:
+        description: Its start time in clock ticks since boot (C(/proc/<pid>/stat)), which tells it from a later process with the same pid.
+        type: int
+      boot_id:
+        description: The controller kernel's boot id (C(/proc/sys/kernel/random/boot_id)).
+        type: str
+      pid_ns:
+        description: The inode of the controller's pid namespace (C(/proc/self/ns/pid)); a container has its own.
+        type: int
+  stale_after:
+    description:
+      - With O(state=locked), age in seconds after which a deploy lock held by another run is taken over,
+        with a warning, wherever that run's controller is. This is how the lock of a run killed on another
+        controller, or in a container that is gone (AWX), is cleared, since its process cannot be checked.
+      - V(0) never takes a lock over by its age.
+    type: int
+    default: 21600
+  takeover:
+    description:
+      - With O(state=locked), take the lock over from the run named in O(takeover_of), if the lock still
+        names it.
+      - Set by the action plugin, never in a task, once it has seen on the controller that this run's
+        process is gone (the pid is not running, or it is a later process with the same pid).
+    type: bool
+    default: false
+  takeover_of:
+    description:
+      - The lock to take over with O(takeover), as RV(lock) returned it when the lock was refused. Set by the
+        action plugin.
+    type: dict
+  force:
+    description:
+      - With O(state=unlocked), remove the deploy lock whoever holds it.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - pydeploy.web.attributes
   - pydeploy.web.attributes.platform
@@ -169,9 +241,13 @@ attributes:
     details:
       - The checksum of O(src) is verified (it only reads); nothing is written and no lock is taken.
       - With O(state=failed), reports whether the mark would be recorded, without recording it.
+      - With O(state=locked) and O(state=unlocked), reports whether the lock would be taken, taken over or
+        released (and fails when it would be refused), without writing it.
   diff_mode:
     support: full
-    details: Shows the target of C(current) and the list of releases before and after.
+    details:
+      - Shows the target of C(current) and the list of releases before and after.
+      - O(state=locked) and O(state=unlocked) return no diff; RV(lock) and RV(taken_over) say what they did.
 notes:
   - Run it with privileges that can create O(root) and set O(owner); the app_release role does.
   - O(src) must be on the managed host; the P(pydeploy.web.app_release#role) role copies it there
@@ -222,6 +298,23 @@ EXAMPLES = r"""
     state: failed
     release_id: 9f86d081884c
     reason: health check through nginx failed after the switch
+
+- name: Take the deploy lock of the application for this run (the action plugin fills in the holder)
+  pydeploy.web.release:
+    root: /srv/mysite
+    state: locked
+    stale_after: 21600
+
+- name: Release it at the end, also when the deploy failed
+  pydeploy.web.release:
+    root: /srv/mysite
+    state: unlocked
+
+- name: Clear the lock a run killed on another controller left behind
+  pydeploy.web.release:
+    root: /srv/mysite
+    state: unlocked
+    force: true
 
 - name: What is live, and what would a rollback go to?
   pydeploy.web.release:
@@ -293,6 +386,24 @@ switched:
   returned: always
   type: bool
   sample: true
+lock:
+  description:
+    - With O(state=locked), the deploy lock as it is held after the task (in check mode, would be); when the
+      task fails because another run holds it, that run's lock. With O(state=unlocked), the lock another run
+      holds, left alone, or null.
+    - C(host), C(pid), C(started), C(user) (and C(start_ticks), C(boot_id), C(pid_ns)) name the holder, as in
+      O(holder); C(since) is when it took the lock, in UTC. A file that is not a complete lock has only
+      C(unreadable=true) and C(since), its modification time.
+  returned: with state locked or unlocked
+  type: dict
+  sample: {"host": "ci-runner-2", "pid": 48213, "started": "2026-12-04T18:00:00Z", "user": "deploy",
+           "start_ticks": 912345, "boot_id": "5e0c...", "pid_ns": 4026531836, "since": "2026-12-04T18:00:07Z"}
+taken_over:
+  description: The deploy lock taken over by this task (in check mode, that would be), or null.
+  returned: with state locked
+  type: dict
+  sample: {"host": "ci-runner-2", "pid": 47100, "started": "2026-12-04T17:40:00Z", "user": "deploy",
+           "since": "2026-12-04T17:40:06Z"}
 manifest:
   description: Content of the release's C(RELEASE.json).
   returned: when the release is present
@@ -309,9 +420,13 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pydeploy.web.plugins.module_utils._release import (
-    MAX_DEPTH, RELEASE_ID, SHA256, ReleaseError, Root, extract, link_shared, sha256_file, shared_parts, utcnow,
-    write_manifest,
+    HOLDER_KEYS, MAX_DEPTH, RELEASE_ID, SHA256, ReleaseError, Root, describe_holder, extract, link_shared,
+    parse_utc, same_holder, sha256_file, shared_parts, utcnow, write_manifest,
 )
+
+# How long the deploy lock's states wait for a call of the module from another run to
+# release the root's per-call lock (a long unpack holds it), before they fail naming it.
+PER_CALL_LOCK_WAIT = 60
 
 
 def _lookup(name, kind):
@@ -545,12 +660,68 @@ class Release:
         return result
 
 
+def deploy_lock(module, root):
+    """States locked and unlocked: the deploy lock of the root, read and changed under
+    the root's per-call lock (outside check mode). Returns the result, or fails."""
+    p = module.params
+    state = p["state"]
+    holder = dict((k, v) for k, v in (p["holder"] or {}).items() if k in HOLDER_KEYS and v is not None)
+    dlock = root.deploy_lock()
+    found = dlock.read()
+    result = dict(changed=False, lock=found)
+    if state == "unlocked":
+        if found is None:
+            result["lock"] = None
+        elif p["force"] or same_holder(found, holder):
+            if not module.check_mode:
+                dlock.remove()
+            result.update(changed=True, lock=None)
+        else:
+            module.warn("the deploy lock %s is held by %s, not by this run; left alone (force: true removes it)"
+                        % (dlock.path, describe_holder(found)))
+        return result
+
+    result["taken_over"] = None
+    mine = dict(holder, since=utcnow())
+    if found is not None and same_holder(found, holder):
+        return result  # this run holds it already
+    if found is not None:
+        since = parse_utc(found.get("since"))
+        age = time.time() - since if since is not None else None
+        if p["takeover"] and same_holder(found, p["takeover_of"]) and not found.get("unreadable"):
+            module.warn("took over the deploy lock %s of %s, whose process is gone"
+                        % (dlock.path, describe_holder(found)))
+        elif p["stale_after"] > 0 and age is not None and age >= p["stale_after"]:
+            module.warn("took over the deploy lock %s of %s: it is older than stale_after (%d s), so its run is "
+                        "taken to be dead" % (dlock.path, describe_holder(found), p["stale_after"]))
+        else:
+            if p["stale_after"] <= 0:
+                clear = "nothing takes it over by its age (stale_after is 0)"
+            elif since is None:
+                clear = "it is taken over once it is older than stale_after (%d s)" % p["stale_after"]
+            else:
+                clear = "it is taken over from %s on, when it is older than stale_after (%d s)" % (
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since + p["stale_after"])), p["stale_after"])
+            module.fail_json(
+                msg="another deploy holds the deploy lock %s: %s. Wait for it to finish. If that run is dead (a run "
+                    "killed on this controller is taken over at once; not one on another controller, or in a "
+                    "container that is gone), %s; or remove the lock by hand on the managed host: rm %s (or the "
+                    "release module with state=unlocked and force=true)"
+                    % (dlock.path, describe_holder(found), clear, dlock.path),
+                root=p["root"], lock=found, taken_over=None)
+        result["taken_over"] = found
+    if not module.check_mode:
+        dlock.write(mine, replace=found is not None)
+    result.update(changed=True, lock=mine)
+    return result
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", required=True),
             state=dict(type="str", default="active",
-                       choices=["active", "unpacked", "rollback", "pruned", "failed", "query"]),
+                       choices=["active", "unpacked", "rollback", "pruned", "failed", "query", "locked", "unlocked"]),
             src=dict(type="path"),
             checksum=dict(type="str"),
             release_id=dict(type="str"),
@@ -564,32 +735,49 @@ def main():
             owner=dict(type="str"),
             group=dict(type="str"),
             mode=dict(type="raw", default="0755"),
+            holder=dict(type="dict", options=dict(
+                host=dict(type="str", required=True),
+                pid=dict(type="int", required=True),
+                started=dict(type="str"),
+                user=dict(type="str"),
+                start_ticks=dict(type="int"),
+                boot_id=dict(type="str"),
+                pid_ns=dict(type="int"),
+            )),
+            stale_after=dict(type="int", default=21600),
+            takeover=dict(type="bool", default=False),
+            takeover_of=dict(type="dict"),
+            force=dict(type="bool", default=False),
         ),
+        required_if=[("state", "locked", ["holder"]), ("takeover", True, ["takeover_of"])],
         supports_check_mode=True,
     )
     p = module.params
     if p["keep_releases"] < 1:
         module.fail_json(msg="keep_releases must be at least 1 (the current release), got %d" % p["keep_releases"])
-    for name in ("strip_components", "max_members", "max_size", "max_depth"):
+    if p["state"] == "unlocked" and not p["holder"] and not p["force"]:
+        module.fail_json(msg="state=unlocked needs holder (the action plugin fills it in) or force=true")
+    for name in ("strip_components", "max_members", "max_size", "max_depth", "stale_after"):
         if p[name] < 0:
             module.fail_json(msg="%s must not be negative, got %d" % (name, p[name]))
 
     lock = release = None
     try:
+        locking = p["state"] in ("locked", "unlocked")
         release = Release(module)
         root = release.root
-        if p["state"] == "query" or module.check_mode:
+        if p["state"] in ("query", "unlocked") or module.check_mode:
             root.open()
-        elif p["state"] == "failed":
-            root.ensure_state_dir()  # the history and the lock, nothing else
+        elif p["state"] in ("failed", "locked"):
+            root.ensure_state_dir()  # the history and the locks, nothing else
         else:
             root.ensure_layout()
-        if p["state"] != "query" and not module.check_mode:
-            lock = root.lock()
+        if p["state"] != "query" and not module.check_mode and root.state_fd is not None:
+            lock = root.lock(wait=PER_CALL_LOCK_WAIT if locking else 0)
             if lock.stale:
                 module.warn("took over the lock %s left by pid %s on %s (started %s), which is no longer running"
                             % (lock.path, lock.stale.get("pid"), lock.stale.get("host"), lock.stale.get("started")))
-        result = release.run()
+        result = deploy_lock(module, root) if locking else release.run()
     except ReleaseError as e:
         module.fail_json(msg=str(e), root=p["root"])
     except OSError as e:

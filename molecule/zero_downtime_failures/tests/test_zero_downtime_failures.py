@@ -5,6 +5,8 @@ end-to-end story (test_e2e_django_gunicorn.py), which leaves version 1.0.0 curre
 import json
 import os
 import signal
+import socket
+import tempfile
 import time
 
 import pytest
@@ -18,6 +20,7 @@ ROOT = "/srv/mysite"
 # A stylesheet name (hashed, as ManifestStaticFilesStorage makes them) that only the
 # release being replaced has: its pages ask for it during and after the switch.
 OLD_ONLY_ASSET = "guestbook/site.0123456789ab.css"
+DEPLOY_LOCK = "%s/.pydeploy/deploy.lock" % ROOT
 
 
 def archive(version):
@@ -172,9 +175,94 @@ def test_an_interrupted_deploy_leaves_current_serving_and_the_next_run_converges
 
     result = play("deploy.yml", app_artifact=archive(target))
     assert not result.failed, result
+    # The killed run's lock was left; this run, on the same controller, took it over.
+    assert "whose process is gone" in took_over(result), took_over(result)
+    assert not host.file(DEPLOY_LOCK).exists
     assert current(host) == rid(target) and rid(version(host)) == rid(target)
     assert status_of(host, other(live_program(host))) == "STOPPED"
     # Converged: the same deploy again changes nothing.
     result = play("deploy.yml", app_artifact=archive(target))
     assert not result.failed, result
     assert result.stats.get("changed", 0) == 0, result
+
+
+# ------------------------------------------------------------------ the deploy lock
+
+def lock_holder(host):
+    lock = host.file(DEPLOY_LOCK)
+    return json.loads(lock.content_string) if lock.exists else None
+
+
+def took_over(result):
+    """The lock task's result and the play's output, where its warning is."""
+    return json.dumps(result.task("Take the deploy lock")) + result.output
+
+
+def ran(result):
+    """The names of the tasks that ran on the host (not skipped), in order."""
+    return [task["task"]["name"].split(" : ", 1)[-1] for play in result.data["plays"] for task in play["tasks"]
+            if result.host in task["hosts"] and not task["hosts"][result.host].get("skipped")]
+
+
+def test_a_second_deploy_while_one_runs_fails_at_once_naming_it(host, play):
+    target = "2.0.0" if current(host) == rid("1.0.0") else "1.0.0"
+    history_before = host.file("%s/.pydeploy/history.jsonl" % ROOT).content_string
+    with tempfile.TemporaryFile("w+") as log:
+        first = play.spawn("deploy.yml", output=log, app_artifact=archive(target))
+        stopped = False
+        try:
+            assert wait_for(lambda: lock_holder(host) is not None), "the first deploy never took the lock"
+            os.killpg(first.pid, signal.SIGSTOP)  # ansible-playbook and its workers, holding the lock
+            stopped = True
+            holder = lock_holder(host)
+            assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+
+            started = time.monotonic()
+            second = play("deploy.yml", app_artifact=archive(target))
+            seconds = time.monotonic() - started
+            assert lock_holder(host) == holder  # the second run left it alone
+        finally:
+            if stopped:
+                os.killpg(first.pid, signal.SIGCONT)
+        assert second.failed, second
+        refused = second.task("Take the deploy lock")
+        assert refused.get("failed"), refused
+        assert "another deploy holds the deploy lock %s" % DEPLOY_LOCK in refused["msg"]
+        assert "ansible-playbook pid %d on controller %s, started %s, run by user %s" % (
+            first.pid, holder["host"], holder["started"], holder["user"]) in refused["msg"], refused["msg"]
+        # At once: nothing after the variable check but the lock, nothing changed.
+        names = ran(second)
+        assert names[-1].startswith("Take the deploy lock"), names
+        assert not any(n.startswith(("Gather facts", "Put the release")) for n in names), names
+        assert second.stats.get("changed", 0) == 0, second
+        assert seconds < 120, seconds
+
+        # The first one, continued, finishes as if nothing happened, and releases the lock.
+        assert first.wait(timeout=900) == 0, (log.seek(0), log.read()[-3000:])[1]
+    assert current(host) == rid(target) and version(host) == target
+    assert lock_holder(host) is None
+    events = host.file("%s/.pydeploy/history.jsonl" % ROOT).content_string[len(history_before):]
+    assert [json.loads(line)["release"] for line in events.splitlines()
+            if json.loads(line)["event"] == "activated"] == [rid(target)]
+
+
+def test_a_deploy_killed_while_it_holds_the_lock_is_taken_over_by_the_next_one(host, play):
+    serving = current(host)
+    target = "1.0.0" if serving == rid("1.0.0") else "2.0.0"
+    killed = play.spawn("deploy.yml", app_artifact=archive(target))
+    try:
+        assert wait_for(lambda: lock_holder(host) is not None), "the deploy never took the lock"
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)  # no always: section runs in a killed process
+        killed.wait()
+    time.sleep(2)  # what was running on the host when the controller died ends
+    assert lock_holder(host)["pid"] == killed.pid  # left behind
+
+    result = play("deploy.yml", app_artifact=archive(target))
+    assert not result.failed, result
+    warning = took_over(result)
+    assert "took over the deploy lock %s of ansible-playbook pid %d on controller %s" % (
+        DEPLOY_LOCK, killed.pid, socket.gethostname()) in warning, warning
+    assert "whose process is gone" in warning
+    assert lock_holder(host) is None
+    assert current(host) == rid(target) and version(host) == target
