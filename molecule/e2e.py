@@ -10,9 +10,10 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
 
-from hostcheck import ProbeLoop, http
+from hostcheck import ProbeLoop, http, restart_supervisord
 
 DIST = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", ""), "dist")
 
@@ -278,4 +279,35 @@ class E2ESuite:
         assert (self.live_program(host), self.pid(host)) == (program, master)
         other = program[:-4] + "green" if program.endswith("blue") else program[:-5] + "blue"
         assert "STOPPED" in host.run("supervisorctl status %s" % other).stdout
+        assert self.version(host) == "1.0.0"
+
+    def test_after_a_reboot_only_the_instance_serving_runs(self, host):
+        """supervisord's start at boot, after the deploys, rollbacks and failed deploys above
+        (each of which started one instance and stopped the other, or the new one): it starts
+        the instance current's socket link points at, and not the other one, which last ran
+        another release (a failed one, after the test before)."""
+        program = self.live_program(host)
+        color = program.rsplit("-", 1)[1]
+        other_color = "green" if color == "blue" else "blue"
+        other = "%s-%s" % (self.APP, other_color)
+
+        def autostart(name):
+            return re.findall(r"^autostart = (\S+)$",
+                              host.file("/etc/supervisor/conf.d/%s.conf" % name).content_string, re.MULTILINE)
+
+        assert (autostart(program), autostart(other)) == (["true"], ["false"])
+        restart_supervisord(host)
+        assert self.live_program(host) == program  # (the links are under /srv, untouched)
+        assert host.run("supervisorctl status %s" % program).stdout.split()[1] == "RUNNING"
+        assert host.run("supervisorctl status %s" % other).stdout.split()[1] == "STOPPED"
+        assert host.socket("unix:///run/%s/%s.sock" % (self.APP, color)).is_listening
+        assert not host.socket("unix:///run/%s/%s.sock" % (self.APP, other_color)).is_listening
+        # Through nginx, once the instance has loaded the application.
+        for _attempt in range(30):
+            status, _headers, body = self.get(host, self.HEALTH)
+            if status == 200:
+                break
+            time.sleep(1)
+        assert status == 200, body[-2000:]
+        assert json.loads(body)["version"] == "1.0.0"
         assert self.version(host) == "1.0.0"

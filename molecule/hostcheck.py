@@ -25,6 +25,19 @@ def seen(host, path="/", *curl_args):
     return json.loads(body)
 
 
+def restart_supervisord(host, timeout=90):
+    """What a reboot does to supervisor: supervisord starts again and reads the program
+    files (the containers run systemd). Returns once supervisord answers and nothing it
+    started is still STARTING."""
+    host.run_expect([0], "systemctl restart supervisor")
+    # supervisorctl status exits 0 or 3 once supervisord answers (4: no answer yet).
+    wait = host.run(
+        "for i in $(seq %d); do out=$(supervisorctl status); rc=$?; "
+        "if [ $rc -le 3 ] && ! printf '%%s' \"$out\" | grep -q STARTING; then exit 0; fi; sleep 1; done; exit 1"
+        % timeout)
+    assert wait.rc == 0, host.run("supervisorctl status; journalctl -u supervisor -n 50 --no-pager").stdout
+
+
 def as_demo(host, command):
     """Run a shell command as the application user demo."""
     return host.run("sudo -u demo -- sh -c %s" % shlex.quote(command))

@@ -1,6 +1,8 @@
 """supervisor: root-only control, one program changed at a time."""
 import re
 
+from hostcheck import restart_supervisord
+
 
 CONFIG = "/etc/supervisor/supervisord.conf"
 PASSWORD = "correct horse battery staple"
@@ -102,20 +104,37 @@ def test_the_tcp_interface_listens_on_loopback_only_with_a_hashed_password(host,
     assert host.check_output(curl + "-u 'admin:%s' http://127.0.0.1:9001/" % PASSWORD) == "200"
 
 
+def autostart(host, program):
+    """autostart as the program's file says it, and as supervisord holds it (avail: auto/manual)."""
+    found = re.findall(r"^autostart = (\S+)$", host.file("/etc/supervisor/conf.d/%s.conf" % program).content_string,
+                       re.MULTILINE)
+    assert len(found) == 1, found
+    avail = [line.split() for line in host.check_output("supervisorctl avail").splitlines()]
+    # "<name>  in use  auto|manual  <priority>"
+    return found[0], [fields[-2] for fields in avail if fields[0] == program][0]
+
+
+def control_play(play, name, state):
+    result = play("control.yml", supervisor_control_name=name, supervisor_control_state=state)
+    if state == "status" and not result.failed:
+        result.status = result.task("Report the program's state")["supervisor_control_status"]
+    return result
+
+
 def test_the_control_entry_point_starts_stops_and_tells_one_program(host, play, restore):
     """The seam through which the deploy flow starts and stops its app-server instances."""
     def control(name, state):
-        result = play("control.yml", supervisor_control_name=name, supervisor_control_state=state)
-        if state == "status" and not result.failed:
-            result.status = result.task("Report the program's state")["supervisor_control_status"]
-        return result
+        return control_play(play, name, state)
 
     b = pid(host, "demo-b")
     result = control("demo-a", "stopped")
     assert not result.failed, result
-    assert result.stats["changed"] == 1, result
+    # Stopped, autostart = false written, and told to supervisord while stopped.
+    assert result.stats["changed"] == 3, result
     assert host.run("supervisorctl status demo-a").stdout.split()[1] == "STOPPED"
     assert control("demo-a", "status").status == "STOPPED"
+    assert autostart(host, "demo-a") == ("false", "manual")
+    assert autostart(host, "demo-b") == ("true", "auto")
     # Stopped already, or unknown to supervisor: nothing to do, nothing fails.
     for name in ("demo-a", "no-such-program"):
         result = control(name, "stopped")
@@ -125,11 +144,16 @@ def test_the_control_entry_point_starts_stops_and_tells_one_program(host, play, 
 
     result = control("demo-a", "started")
     assert not result.failed, result
-    assert result.stats["changed"] == 1, result
+    # autostart = true written and told to supervisord, which started the program as it
+    # took it; the start found it started.
+    assert result.stats["changed"] == 2, result
     assert control("demo-a", "status").status == "RUNNING"
     assert pid(host, "demo-a") > 0
+    assert autostart(host, "demo-a") == ("true", "auto")
+    a = pid(host, "demo-a")
     result = control("demo-a", "started")
     assert result.stats["changed"] == 0, result
+    assert pid(host, "demo-a") == a
     # A program supervisor does not know cannot be started.
     result = control("no-such-program", "started")
     assert result.failed, result
@@ -139,6 +163,51 @@ def test_the_control_entry_point_starts_stops_and_tells_one_program(host, play, 
     assert result.failed, result
     assert "supervisor_control_state" in result.output, result
     assert pid(host, "demo-b") == b  # the other program was never touched
+
+
+def test_after_a_restart_of_supervisord_only_the_programs_started_last_run(host, play, restore):
+    """What a reboot starts: a program stopped through the control entry point stays stopped."""
+    result = control_play(play, "demo-a", "stopped")
+    assert not result.failed, result
+    restart_supervisord(host)
+    assert host.run("supervisorctl status demo-a").stdout.split()[1] == "STOPPED"
+    assert host.run("supervisorctl status demo-b").stdout.split()[1] == "RUNNING"
+
+    result = control_play(play, "demo-a", "started")
+    assert not result.failed, result
+    restart_supervisord(host)
+    assert host.run("supervisorctl status demo-a").stdout.split()[1] == "RUNNING"
+    assert host.run("supervisorctl status demo-b").stdout.split()[1] == "RUNNING"
+
+
+def test_a_running_program_is_never_restarted_for_its_autostart(host, play, restore):
+    """Started by hand after a stop (its file says autostart = false): started through the
+    control entry point, it keeps running, untouched; its file holds the change for the next
+    start of supervisord."""
+    result = control_play(play, "demo-a", "stopped")
+    assert not result.failed, result
+    host.run_expect([0], "supervisorctl start demo-a")
+    a, b = pid(host, "demo-a"), pid(host, "demo-b")
+    result = control_play(play, "demo-a", "started")
+    assert not result.failed, result
+    assert result.stats["changed"] == 1, result  # the file only
+    assert (pid(host, "demo-a"), pid(host, "demo-b")) == (a, b)
+    # supervisord keeps what it read until it starts again, which is when autostart counts.
+    assert autostart(host, "demo-a") == ("true", "manual")
+    restart_supervisord(host)
+    assert host.run("supervisorctl status demo-a").stdout.split()[1] == "RUNNING"
+    assert autostart(host, "demo-a") == ("true", "auto")
+
+
+def test_check_mode_reports_the_autostart_change_and_makes_none(host, play, restore):
+    before = host.file("/etc/supervisor/conf.d/demo-a.conf").content_string
+    a = pid(host, "demo-a")
+    result = play("control.yml", supervisor_control_name="demo-a", supervisor_control_state="stopped",
+                  control_check_mode=True)
+    assert not result.failed, result
+    assert result.task("Write autostart")["changed"] is True
+    assert host.file("/etc/supervisor/conf.d/demo-a.conf").content_string == before
+    assert pid(host, "demo-a") == a
 
 
 def test_a_rerun_changes_nothing(play):
