@@ -169,6 +169,13 @@ def test_a_wsgi_target_gunicorn_cannot_load_is_refused_before_anything_changes(h
     assert (master_pid(host), host.file(CONF).content_string) == before
 
 
+def test_a_factory_with_literal_arguments_serves_what_it_made(host, play, restore):
+    result = play(demo_wsgi_app="hello:create_app('with arguments', greeting='from the factory')")
+    assert not result.failed, result
+    app = seen(host, "/hello")
+    assert (app["entry"], app["greeting"]) == ("with arguments", "from the factory")
+
+
 def test_a_changed_setting_restarts_gunicorn_and_nothing_else(host, play, restore):
     gunicorn = master_pid(host)
     nginx = host.file("/run/nginx.pid").content_string.strip()
