@@ -4,6 +4,8 @@ import re
 import shlex
 import time
 
+import pytest
+
 from hostcheck import seen
 
 CONF = "/etc/demo/gunicorn.conf.py"
@@ -154,6 +156,24 @@ def test_a_wsgi_target_that_does_not_import_fails_the_check_and_changes_nothing(
     assert (master_pid(host), host.file(CONF).content_string) == before
     assert not host.run("ls /etc/demo/*~").stdout.strip()
     assert seen(host)["app"] == "demo"
+
+
+# No restore: the preflight refuses it before anything changes.
+@pytest.mark.parametrize("wsgi_app", ["hello:create_app(os.environ)", "hello..wsgi:application"])
+def test_a_wsgi_target_gunicorn_cannot_load_is_refused_before_anything_changes(host, play, wsgi_app):
+    before = (master_pid(host), host.file(CONF).content_string)
+    result = play(demo_wsgi_app=wsgi_app)
+    assert result.failed, result
+    msg = result.task("Check the WSGI application, the umask and the timeouts")["msg"]
+    assert "gunicorn_wsgi_app is '%s'" % wsgi_app in msg
+    assert (master_pid(host), host.file(CONF).content_string) == before
+
+
+def test_a_factory_with_literal_arguments_serves_what_it_made(host, play, restore):
+    result = play(demo_wsgi_app="hello:create_app('with arguments', greeting='from the factory')")
+    assert not result.failed, result
+    app = seen(host, "/hello")
+    assert (app["entry"], app["greeting"]) == ("with arguments", "from the factory")
 
 
 def test_a_changed_setting_restarts_gunicorn_and_nothing_else(host, play, restore):

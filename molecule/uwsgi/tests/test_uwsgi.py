@@ -163,6 +163,16 @@ def test_an_application_that_does_not_import_fails_before_uwsgi_is_touched(host,
     assert seen(host)["app"] == "demo"
 
 
+# No restore: the preflight refuses it before anything changes.
+def test_a_factory_with_arguments_is_refused_before_anything_changes(host, play):
+    before = (master_pid(host), host.file(INI).content_string)
+    result = play(uwsgi_wsgi_app="hello:create_app('prod')")
+    assert result.failed, result
+    msg = result.task("Check the WSGI callable and the socket path")["msg"]
+    assert "uwsgi_wsgi_app is 'hello:create_app('prod')'; give module:callable" in msg
+    assert (master_pid(host), host.file(INI).content_string) == before
+
+
 def test_a_changed_setting_restarts_uwsgi_and_nothing_else(host, play, restore):
     uwsgi = master_pid(host)
     nginx = host.file("/run/nginx.pid").content_string.strip()

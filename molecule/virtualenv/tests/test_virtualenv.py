@@ -78,3 +78,13 @@ def test_unresolvable_requirement_fails_naming_it_and_leaves_no_venv(host, play,
     assert "pydeploy-no-such-package" in failure["msg"]
     assert venvs(host) == before
     assert not [n for n in venvs(host) if n.endswith(".partial")]
+
+
+def test_a_missing_application_user_fails_naming_the_variable_and_builds_nothing(host, play):
+    before = venvs(host)
+    result = play(virtualenv_user="pydeploy-nobody")
+    assert result.failed, result
+    msg = result.task("Check that the application user exists")["msg"]
+    assert msg == ("virtualenv_user 'pydeploy-nobody' does not exist on %s; create it first "
+                   "(the pydeploy.web.app_release role does)." % host.backend.get_hostname())
+    assert venvs(host) == before

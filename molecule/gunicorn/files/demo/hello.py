@@ -3,7 +3,8 @@
 Every path answers with what the application saw, as JSON: who runs it, where from,
 which interpreter, and the headers the web server passed. /slow?seconds=N answers after
 N seconds (to test graceful stops). Served as `hello:application`, or made by the
-factory `hello:create_app()`.
+factory `hello:create_app()` (gunicorn may give it literal arguments: the entry point's
+name and a greeting that replaces DEMO_GREETING).
 """
 import json
 import os
@@ -12,7 +13,7 @@ import time
 from urllib.parse import parse_qs
 
 
-def _make(entry):
+def _make(entry, greeting=None):
     def app(environ, start_response):
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body_bytes = len(environ["wsgi.input"].read(length)) if length else 0
@@ -28,7 +29,7 @@ def _make(entry):
             "uid": os.getuid(),
             "cwd": os.getcwd(),
             "prefix": sys.prefix,
-            "greeting": os.environ.get("DEMO_GREETING", ""),
+            "greeting": os.environ.get("DEMO_GREETING", "") if greeting is None else greeting,
             "host": environ.get("HTTP_HOST"),
             "remote_addr": environ.get("REMOTE_ADDR"),
             "x_forwarded_for": environ.get("HTTP_X_FORWARDED_FOR"),
@@ -47,5 +48,6 @@ def _make(entry):
 application = _make("application")
 
 
-def create_app():
-    return _make("create_app")
+def create_app(entry="create_app", greeting=None):
+    """The factory; gunicorn may pass it literal arguments (hello:create_app('x', greeting='y'))."""
+    return _make(entry, greeting)
