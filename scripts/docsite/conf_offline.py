@@ -25,6 +25,8 @@ _ANSIBLE_LABELS = {
     "ansible_configuration_settings": (
         "reference_appendices/config.html#ansible-configuration-settings",
         "Ansible Configuration Settings"),
+    # "This module has a corresponding action plugin." (a module with an action plugin)
+    "action_plugins": ("plugins/action.html#action-plugins", "Action plugins"),
 }
 
 # A plugin's or role's page in another collection: ansible_collections.<ns>.<name>.<plugin>_<type>.
