@@ -105,9 +105,30 @@ def play(host):
     return run
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test (item.rep_setup, rep_call), for fixtures."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+
+
 @pytest.fixture
 def restore(play):
     """Leave the host as converge.yml made it (its default variables), whatever the test did."""
     yield
     result = play()
     assert not result.failed, result
+
+
+@pytest.fixture
+def restore_if_failed(request, play):
+    """For a test that ends with the host as converge.yml made it, when it passes: run
+    converge.yml again only when the test failed (or never ran), to leave the host so for
+    the tests after it. (A scenario's last test, a converge that changes nothing, checks
+    that the tests that passed did.)"""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is None or report.failed:
+        result = play()
+        assert not result.failed, result

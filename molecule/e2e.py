@@ -3,8 +3,8 @@ through nginx, with the shipped playbooks (site, deploy, rollback). A scenario's
 subclasses E2ESuite with its application's facts and how its database page is written to.
 
 The tests run in file order and build on each other: the first ones look at what
-converge made (version 1.0.0); then version 2.0.0 (new requirements) is deployed and rolled
-back; then releases that fail before and after the switch are refused or reverted. Each
+converge made (version 1.0.0); then version 2.0.0 (new requirements) is deployed with the
+other app server, moved back to this one and rolled back; then releases that fail before and after the switch are refused or reverted. Each
 leaves version 1.0.0 current, as converge made it."""
 import hashlib
 import json
@@ -159,60 +159,52 @@ class E2ESuite:
         assert self.current(host) == before
 
     # Later releases
-    def test_a_second_version_is_served_and_rollback_brings_back_the_first(self, host, play):
-        first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
-        second = release_id("%s-2.0.0.tar.gz" % self.EXAMPLE)
-        text = "kept across releases %s" % uuid.uuid4().hex[:8]
-        self.write_entry(host, text)
-
-        result = play("deploy.yml", app_artifact=self.archive("2.0.0"))
-        assert not result.failed, result
-        # The app server's program file (which holds app_env) was rewritten, .env checked:
-        # no secret reached the output. (Idempotence is Molecule's own step.)
-        for secret in self.SECRETS:
-            assert secret not in result.output
-        assert self.version(host) == "2.0.0"
-        assert self.current(host) == second
-        assert self.releases(host) == sorted([first, second])  # the previous release is kept
-        assert len(self.venvs(host)) == 2  # new requirements, new virtualenv; the old one kept
-        assert text in self.read_entries(host)
-        self.check_second_deploy(host, result)
-
-        result = play("rollback.yml", **self.ROLLBACK_VARS)
-        assert not result.failed, result
-        assert self.version(host) == "1.0.0"
-        assert self.current(host) == first
-        assert text in self.read_entries(host)
-        assert result.task("Find the virtualenv of release")["changed"] is False  # reused
-
-    def test_changing_the_app_server_drops_no_request(self, host, play):
-        """app_server changed, as a user changes it: with a new release (current switched
-        to a release linked to the other server's socket) and back with the same release
-        (only its socket link switched), under requests through nginx all along. The other
-        e2e scenario starts from the other server: both directions of both paths."""
+    def test_a_second_version_on_the_other_app_server_and_back_and_a_rollback_to_the_first(self, host, play):
+        """Version 2.0.0 deployed with app_server changed, as a user changes it (current
+        switched to a new release, linked to the other server's socket), then app_server
+        changed back with the same release (only its socket link switched), under requests
+        through nginx all along; then a rollback brings back version 1.0.0 on the first
+        server. The other e2e scenario starts from the other server: both directions of
+        both paths. (A new release on the same server: test_zero_downtime_failures.py for
+        gunicorn, the app_role scenario for uWSGI.)"""
         first = release_id("%s-1.0.0.tar.gz" % self.EXAMPLE)
         second = release_id("%s-2.0.0.tar.gz" % self.EXAMPLE)
         other = "gunicorn" if self.SERVER == "uwsgi" else "uwsgi"
         protocol = {"gunicorn": "http", "uwsgi": "uwsgi"}
-        for server, artifact in ((other, "2.0.0"), (self.SERVER, "2.0.0")):
+        text = "kept across releases %s" % uuid.uuid4().hex[:8]
+        self.write_entry(host, text)
+
+        for server in (other, self.SERVER):
             before = self.live_program(host)
             with ProbeLoop(host, ["/", self.HEALTH], self.HOSTNAME) as loop:
-                result = play("deploy.yml", app_artifact=self.archive(artifact), app_server=server)
+                result = play("deploy.yml", app_artifact=self.archive("2.0.0"), app_server=server)
             assert not result.failed, result
             assert len(loop.results) >= 10, loop.results  # the loop ran through the deploy
             assert loop.failures() == [], (server, loop.failures()[:20])
+            # The app server's program file (which holds app_env) was rewritten, .env checked:
+            # no secret reached the output. (Idempotence is Molecule's own step.)
+            for secret in self.SECRETS:
+                assert secret not in result.output
             assert self.socket_link(host)[0] == protocol[server]
-            assert self.current(host) == second and self.version(host) == artifact
+            assert self.current(host) == second and self.version(host) == "2.0.0"
             # The other instance serves, run by the server asked for; the one before stopped.
             program = self.live_program(host)
             assert program != before
             args = host.run("cat /proc/%d/cmdline" % self.pid(host, program)).stdout.replace("\0", " ")
             assert server in args.lower(), args  # "gunicorn: master [...]", "hello uWSGI master"
             assert "STOPPED" in host.run("supervisorctl status %s" % before).stdout
+            assert self.releases(host) == sorted([first, second])  # the previous release is kept
+            assert len(self.venvs(host)) == 2  # new requirements, new virtualenv; the old one kept
+            assert text in self.read_entries(host)
+            if server == other:  # the deploy of the new release
+                self.check_second_deploy(host, result)
 
         result = play("rollback.yml", **self.ROLLBACK_VARS)
         assert not result.failed, result
         assert self.current(host) == first and self.version(host) == "1.0.0"
+        assert self.socket_link(host)[0] == protocol[self.SERVER]
+        assert text in self.read_entries(host)
+        assert result.task("Find the virtualenv of release")["changed"] is False  # reused
 
     def check_second_deploy(self, host, result):
         """Scenario-specific checks of the deploy of version 2.0.0."""

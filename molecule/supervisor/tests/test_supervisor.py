@@ -121,7 +121,7 @@ def control_play(play, name, state):
     return result
 
 
-def test_the_control_entry_point_starts_stops_and_tells_one_program(host, play, restore):
+def test_the_control_entry_point_starts_stops_and_tells_one_program(host, play, restore_if_failed):
     """The seam through which the deploy flow starts and stops its app-server instances."""
     def control(name, state):
         return control_play(play, name, state)
@@ -165,7 +165,7 @@ def test_the_control_entry_point_starts_stops_and_tells_one_program(host, play, 
     assert pid(host, "demo-b") == b  # the other program was never touched
 
 
-def test_after_a_restart_of_supervisord_only_the_programs_started_last_run(host, play, restore):
+def test_after_a_restart_of_supervisord_only_the_programs_started_last_run(host, play, restore_if_failed):
     """What a reboot starts: a program stopped through the control entry point stays stopped."""
     result = control_play(play, "demo-a", "stopped")
     assert not result.failed, result
@@ -180,7 +180,7 @@ def test_after_a_restart_of_supervisord_only_the_programs_started_last_run(host,
     assert host.run("supervisorctl status demo-b").stdout.split()[1] == "RUNNING"
 
 
-def test_a_running_program_is_never_restarted_for_its_autostart(host, play, restore):
+def test_a_running_program_is_never_restarted_for_its_autostart(host, play, restore_if_failed):
     """Started by hand after a stop (its file says autostart = false): started through the
     control entry point, it keeps running, untouched; its file holds the change for the next
     start of supervisord."""
@@ -199,7 +199,7 @@ def test_a_running_program_is_never_restarted_for_its_autostart(host, play, rest
     assert autostart(host, "demo-a") == ("true", "auto")
 
 
-def test_check_mode_reports_the_autostart_change_and_makes_none(host, play, restore):
+def test_check_mode_reports_the_autostart_change_and_makes_none(host, play, restore_if_failed):
     before = host.file("/etc/supervisor/conf.d/demo-a.conf").content_string
     a = pid(host, "demo-a")
     result = play("control.yml", supervisor_control_name="demo-a", supervisor_control_state="stopped",
