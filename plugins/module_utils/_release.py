@@ -1405,6 +1405,92 @@ def link_shared(root, release_dir, shared_paths, uid=-1, gid=-1):
     return linked
 
 
+# ------------------------------------------------------------------ shared/.env
+
+ENV_FILE = ".env"
+
+
+def _read_entry(dir_fd, name, limit):
+    """What is at `name` in the directory dir_fd, never through a link: (stat, bytes)
+    for a regular file (None for the bytes when it holds more than limit), (lstat,
+    None) for anything else, (None, None) when nothing is there."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None, None
+    except OSError:
+        try:
+            return os.lstat(name, dir_fd=dir_fd), None  # a symlink, a socket, ...
+        except FileNotFoundError:
+            return None, None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st, None
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return st, (b"".join(chunks) if size <= limit else None)
+    finally:
+        os.close(fd)
+
+
+def write_shared_file(root, name, data, gid, mode=0o640, check=False):
+    """Make shared/<name> (a file at the top of shared/, such as .env) a regular file
+    holding data, owned by the user running the module (root) and group gid, with mode.
+    shared/ belongs to the application user: everything is done relative to
+    root.shared_fd, never through a link. A temporary file is created there (O_EXCL,
+    O_NOFOLLOW), owned, moded and written through its descriptor, then renamed over
+    the name, which replaces whatever is there (a symlink included) without following
+    it. Returns whether anything changed (in check mode: would change)."""
+    where = os.path.join(root.shared_dir, name)
+    if root.shared_fd is None:
+        if check:
+            return True
+        raise ReleaseError("%s does not exist: the application root has no shared/ yet (a release unpacked with "
+                           "this module makes it)" % root.shared_dir)
+    st, old = _read_entry(root.shared_fd, name, len(data))
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise ReleaseError("%s is a directory, where the file is to be written; remove it" % where)
+    if (old == data and st.st_uid == os.geteuid() and st.st_gid == gid and stat.S_IMODE(st.st_mode) == mode
+            and st.st_nlink == 1):
+        return False
+    if check:
+        return True
+    for _attempt in range(5):
+        tmp = ".%s.pydeploy-%s" % (name, os.urandom(6).hex())
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=root.shared_fd)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise ReleaseError("could not create a temporary file in %s" % root.shared_dir)
+    try:
+        try:
+            os.fchown(fd, os.geteuid(), gid)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=root.shared_fd, dst_dir_fd=root.shared_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=root.shared_fd)
+        except OSError:
+            pass
+        raise
+    return True
+
+
 def write_manifest(release_dir, data, uid=-1, gid=-1):
     fd = os.open(os.path.join(release_dir, MANIFEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                  os.O_CLOEXEC, 0o644)

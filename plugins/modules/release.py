@@ -95,9 +95,21 @@ options:
         seconds, or O(takeover) is set, when it is taken over with a warning (RV(taken_over)).
       - V(unlocked) releases the deploy lock when the run named by O(holder) holds it (or whoever holds
         it, with O(force=true)). A lock held by another run is left alone, with a warning; no lock, no change.
+      - V(env) writes O(env_content) to C(shared/.env), owned by the user running the module (root) and
+        O(group), mode C(0640), and changes nothing else. C(shared/) belongs to the application user, so the
+        file is written the way everything there is, relative to the open directory; a temporary file
+        created without following a link, owned and moded through its descriptor, then renamed over
+        C(.env), which replaces a symlink there instead of following it. The same content, owner, group and
+        mode already there, nothing changes. C(shared/) must exist (a release unpacked by this module makes it).
     type: str
-    choices: [active, unpacked, rollback, pruned, failed, query, locked, unlocked]
+    choices: [active, unpacked, rollback, pruned, failed, query, locked, unlocked, env]
     default: active
+  env_content:
+    description:
+      - With O(state=env), the content of C(shared/.env), as C(NAME=value) lines (the
+        P(pydeploy.web.app_release#role) role renders it from C(app_release_env)).
+      - Never logged, and the task returns no diff; give the task C(no_log) too, since the values are secrets.
+    type: str
   src:
     description:
       - Path on the managed host of a C(.tar), C(.tar.gz), C(.tar.bz2) or C(.tar.xz) archive.
@@ -166,7 +178,9 @@ options:
     description: Owner of the unpacked files (name or uid). Defaults to the user running the module.
     type: str
   group:
-    description: Group of the unpacked files (name or gid).
+    description:
+      - Group of the unpacked files (name or gid).
+      - With O(state=env), the group of C(shared/.env), which it can read (required).
     type: str
   mode:
     description:
@@ -243,11 +257,13 @@ attributes:
       - With O(state=failed), reports whether the mark would be recorded, without recording it.
       - With O(state=locked) and O(state=unlocked), reports whether the lock would be taken, taken over or
         released (and fails when it would be refused), without writing it.
+      - With O(state=env), reports whether C(shared/.env) would change, without writing it.
   diff_mode:
     support: full
     details:
       - Shows the target of C(current) and the list of releases before and after.
       - O(state=locked) and O(state=unlocked) return no diff; RV(lock) and RV(taken_over) say what they did.
+      - O(state=env) returns no diff (the file holds secrets).
 notes:
   - Run it with privileges that can create O(root) and set O(owner); the app_release role does.
   - O(src) must be on the managed host; the P(pydeploy.web.app_release#role) role copies it there
@@ -315,6 +331,14 @@ EXAMPLES = r"""
     root: /srv/mysite
     state: unlocked
     force: true
+
+- name: Write the environment of the release that went live, readable by the application's group
+  pydeploy.web.release:
+    root: /srv/mysite
+    state: env
+    group: mysite
+    env_content: "{{ lookup('ansible.builtin.template', 'env.j2') }}"
+  no_log: true
 
 - name: What is live, and what would a rollback go to?
   pydeploy.web.release:
@@ -398,6 +422,11 @@ lock:
   type: dict
   sample: {"host": "ci-runner-2", "pid": 48213, "started": "2026-12-04T18:00:00Z", "user": "deploy",
            "start_ticks": 912345, "boot_id": "5e0c...", "pid_ns": 4026531836, "since": "2026-12-04T18:00:07Z"}
+env_path:
+  description: Absolute path of the environment file written (or left as it was) with O(state=env).
+  returned: with state env
+  type: str
+  sample: /srv/mysite/shared/.env
 taken_over:
   description: The deploy lock taken over by this task (in check mode, that would be), or null.
   returned: with state locked
@@ -420,8 +449,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.pydeploy.web.plugins.module_utils._release import (
-    HOLDER_KEYS, MAX_DEPTH, RELEASE_ID, SHA256, ReleaseError, Root, describe_holder, extract, link_shared,
-    parse_utc, same_holder, sha256_file, shared_parts, utcnow, write_manifest,
+    ENV_FILE, HOLDER_KEYS, MAX_DEPTH, RELEASE_ID, SHA256, ReleaseError, Root, describe_holder, extract, link_shared,
+    parse_utc, same_holder, sha256_file, shared_parts, utcnow, write_manifest, write_shared_file,
 )
 
 # How long the deploy lock's states wait for a call of the module from another run to
@@ -716,12 +745,25 @@ def deploy_lock(module, root):
     return result
 
 
+def write_env(module, release):
+    """State env: shared/.env with env_content, root's and the group's (0640)."""
+    p = module.params
+    if release.gid is None:
+        raise ReleaseError("group %r does not exist on this host (state=env: the group that reads shared/.env)"
+                           % p["group"])
+    data = (p["env_content"] or "").encode("utf-8")
+    changed = write_shared_file(release.root, ENV_FILE, data, release.gid, mode=0o640, check=module.check_mode)
+    return dict(changed=changed, env_path=os.path.join(release.root.shared_dir, ENV_FILE))
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", required=True),
             state=dict(type="str", default="active",
-                       choices=["active", "unpacked", "rollback", "pruned", "failed", "query", "locked", "unlocked"]),
+                       choices=["active", "unpacked", "rollback", "pruned", "failed", "query", "locked", "unlocked",
+                                "env"]),
+            env_content=dict(type="str", no_log=True),
             src=dict(type="path"),
             checksum=dict(type="str"),
             release_id=dict(type="str"),
@@ -749,7 +791,8 @@ def main():
             takeover_of=dict(type="dict"),
             force=dict(type="bool", default=False),
         ),
-        required_if=[("state", "locked", ["holder"]), ("takeover", True, ["takeover_of"])],
+        required_if=[("state", "locked", ["holder"]), ("state", "env", ["env_content", "group"]),
+                     ("takeover", True, ["takeover_of"])],
         supports_check_mode=True,
     )
     p = module.params
@@ -766,7 +809,7 @@ def main():
         locking = p["state"] in ("locked", "unlocked")
         release = Release(module)
         root = release.root
-        if p["state"] in ("query", "unlocked") or module.check_mode:
+        if p["state"] in ("query", "unlocked", "env") or module.check_mode:
             root.open()
         elif p["state"] in ("failed", "locked"):
             root.ensure_state_dir()  # the history and the locks, nothing else
@@ -777,7 +820,12 @@ def main():
             if lock.stale:
                 module.warn("took over the lock %s left by pid %s on %s (started %s), which is no longer running"
                             % (lock.path, lock.stale.get("pid"), lock.stale.get("host"), lock.stale.get("started")))
-        result = deploy_lock(module, root) if locking else release.run()
+        if locking:
+            result = deploy_lock(module, root)
+        elif p["state"] == "env":
+            result = write_env(module, release)
+        else:
+            result = release.run()
     except ReleaseError as e:
         module.fail_json(msg=str(e), root=p["root"])
     except OSError as e:

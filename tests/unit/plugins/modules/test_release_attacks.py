@@ -819,3 +819,90 @@ def test_gzip_member_boundary_cut_by_a_read_is_still_one_clean_archive(run_modul
     result, failed = deploy(run_module, host, archive)
     assert not failed, result["msg"]
     assert (host.root / "current" / "app" / "wsgi.py").read_text() == "VERSION = 1\n"
+
+
+# ------------------------------------------------------------------ shared/.env (state env)
+
+ENV = "DJANGO_SECRET_KEY='s3cret value'\nDJANGO_DEBUG=0\n"
+
+
+def write_env(run_module, host, content=ENV, check_mode=False, **kw):
+    args = dict(root=str(host.root), state="env", group=str(APP_GID), env_content=content)
+    args.update(kw)
+    return run_module(release.main, args, check_mode=check_mode)
+
+
+def test_env_is_written_root_owned_for_the_app_group_and_rewritten_only_when_it_differs(run_module, host):
+    result, failed = write_env(run_module, host)
+    assert not failed, result.get("msg")
+    assert result["changed"] is True and result["env_path"] == str(host.shared / ".env")
+    st = os.lstat(host.shared / ".env")
+    assert stat.S_ISREG(st.st_mode) and (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
+        os.geteuid(), APP_GID, 0o640)
+    assert (host.shared / ".env").read_text() == ENV
+    assert "s3cret" not in json.dumps(result)
+    inode = st.st_ino
+    result, failed = write_env(run_module, host)
+    assert not failed and result["changed"] is False
+    assert os.lstat(host.shared / ".env").st_ino == inode  # left as it was
+    # A mode or content changed behind its back is put right.
+    os.chmod(host.shared / ".env", 0o644)
+    assert write_env(run_module, host)[0]["changed"] is True
+    assert stat.S_IMODE(os.lstat(host.shared / ".env").st_mode) == 0o640
+    result, failed = write_env(run_module, host, content="A=1\n")
+    assert not failed and result["changed"] is True
+    assert (host.shared / ".env").read_text() == "A=1\n"
+    assert not [n for n in os.listdir(host.shared) if n != ".env"]  # no temporary file left
+
+
+def test_env_in_check_mode_reports_the_change_and_writes_nothing(run_module, host):
+    before = host.snapshot()
+    result, failed = write_env(run_module, host, check_mode=True)
+    assert not failed and result["changed"] is True
+    assert host.snapshot() == before
+
+
+@pytest.mark.parametrize("target", ["secret", "etc/passwd", "missing"])
+def test_env_link_planted_by_the_app_user_is_replaced_never_followed(run_module, host, target):
+    """The application user owns shared/: a .env -> /etc/... link there used to be
+    followed by the template module's chown and chmod of the path."""
+    host.as_app(os.symlink, str(host.outside / target), ".env")
+    outside = host.outside_snapshot()
+    result, failed = write_env(run_module, host)
+    assert not failed, result.get("msg")
+    assert result["changed"] is True
+    assert host.outside_snapshot() == outside
+    st = os.lstat(host.shared / ".env")
+    assert stat.S_ISREG(st.st_mode) and st.st_gid == APP_GID and stat.S_IMODE(st.st_mode) == 0o640
+    assert (host.shared / ".env").read_text() == ENV
+
+
+@needs_root
+def test_env_hardlink_to_a_root_file_is_replaced_not_written_through(run_module, host):
+    # (protected_hardlinks keeps the application user from making this link; root can,
+    # and a file with two names is replaced, never rewritten in place.)
+    os.link(host.outside / "secret", host.shared / ".env")
+    result, failed = write_env(run_module, host)
+    assert not failed and result["changed"] is True
+    assert (host.outside / "secret").read_text() == "do not truncate"
+    assert stat.S_IMODE(os.stat(host.outside / "secret").st_mode) == 0o600
+    assert os.lstat(host.shared / ".env").st_nlink == 1
+
+
+@pytest.mark.parametrize("planted, words", [
+    ("dir", ["%s/.env is a directory"]),
+    ("no-shared", ["/shared does not exist"]),
+    ("no-group", ["group 'pydeploy-no-such-group' does not exist"]),
+])
+def test_env_that_cannot_be_written_fails_naming_why(run_module, host, planted, words):
+    kw = {}
+    if planted == "dir":
+        host.as_app(os.mkdir, ".env")
+    elif planted == "no-shared":
+        shutil.rmtree(host.shared)
+    else:
+        kw["group"] = "pydeploy-no-such-group"
+    before = host.snapshot()
+    result, failed = write_env(run_module, host, **kw)
+    assert_refused(result, failed, *[w % host.shared if "%s" in w else w for w in words])
+    assert host.snapshot() == before
