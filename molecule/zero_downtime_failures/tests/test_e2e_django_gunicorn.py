@@ -4,6 +4,9 @@ import shlex
 
 from e2e import E2ESuite
 
+# This file's host; the zero-downtime drills have the other one (molecule.yml).
+testinfra_hosts = ["ansible://debian12"]
+
 JAR = "/root/e2e-cookies.txt"
 ADMIN_PASSWORD = "e2e-admin-Vb7nM3kQ"
 

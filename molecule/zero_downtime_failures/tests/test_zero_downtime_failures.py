@@ -1,7 +1,8 @@
 """Zero downtime, as a client sees it: requests through nginx, from inside the host, one
 after another for as long as a deploy runs (hostcheck.ProbeLoop), must all answer 200,
-whether the release is good, bad, or the deploy is killed halfway. Runs after the
-end-to-end story (test_e2e_django_gunicorn.py), which leaves version 1.0.0 current."""
+whether the release is good, bad, or the deploy is killed halfway. On host drills, which
+converge left on version 1.0.0, while the end-to-end story (test_e2e_django_gunicorn.py)
+runs on debian12."""
 import json
 import os
 import signal
@@ -21,6 +22,9 @@ ROOT = "/srv/mysite"
 # release being replaced has: its pages ask for it during and after the switch.
 OLD_ONLY_ASSET = "guestbook/site.0123456789ab.css"
 DEPLOY_LOCK = "%s/.pydeploy/deploy.lock" % ROOT
+
+# This file's host; the end-to-end story has the other one (molecule.yml).
+testinfra_hosts = ["ansible://drills"]
 
 
 def archive(version):
