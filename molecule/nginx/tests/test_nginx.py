@@ -1,5 +1,7 @@
-"""nginx in front of the demo application (gunicorn on a unix socket)."""
+"""nginx in front of the demo application (gunicorn on a unix socket), over plain HTTP
+(site demo) and over HTTPS with a self-signed certificate (site secure)."""
 import json
+import re
 import shlex
 import time
 
@@ -12,6 +14,12 @@ APP_LOG = "/var/log/demo/gunicorn.out.log"
 DEMO_SITE = {"name": "demo", "server_names": ["demo.test"], "socket": "/run/demo/gunicorn.sock",
              "static_dir": "/srv/demo/current/static", "media_dir": "/srv/demo/shared/media",
              "client_max_body_size": "1m"}
+SECURE_SITE = {"name": "secure", "server_names": ["secure.test", "www.secure.test"], "socket": "/run/demo/gunicorn.sock",
+               "static_dir": "/srv/demo/current/static", "media_dir": "/srv/demo/shared/media", "tls": "selfsigned",
+               "extra_directives": ["location = /broken-upstream { proxy_pass http://unix:/run/demo/no-such.sock:; }"]}
+CERT = "/etc/nginx/tls/secure/fullchain.pem"
+KEY = "/etc/nginx/tls/secure/privkey.pem"
+HSTS = "max-age=31536000"
 
 
 def app_answers(host):
@@ -21,6 +29,31 @@ def app_answers(host):
 
 def nginx_master(host):
     return host.file("/run/nginx.pid").content_string.strip()
+
+
+def https(host, path, *curl_args, hostname="secure.test"):
+    """Status, headers and body of a request over HTTPS to nginx on the host, verified against
+    the site's self-signed certificate (no -k): the name, the chain and the dates must hold."""
+    cmd = host.run("curl -sS -i --max-time 30 --cacert %s --resolve %s:443:127.0.0.1 %s %s" % (
+        CERT, hostname, " ".join(shlex.quote(a) for a in curl_args), shlex.quote("https://%s%s" % (hostname, path))))
+    assert cmd.rc == 0, cmd.stderr
+    head, _sep, body = cmd.stdout.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
+
+
+def handshake(host, *options, name="secure.test"):
+    """openssl s_client's handshake with nginx on 443 (SNI name), its exit status and output."""
+    return host.run("openssl s_client -connect 127.0.0.1:443 -servername %s %s < /dev/null" % (
+        shlex.quote(name), " ".join(shlex.quote(o) for o in options)))
+
+
+def served_serial(host):
+    cmd = host.run("openssl s_client -connect 127.0.0.1:443 -servername secure.test < /dev/null 2>/dev/null"
+                   " | openssl x509 -noout -serial")
+    assert cmd.rc == 0, cmd.stderr
+    return cmd.stdout.strip()
 
 
 def post(host, size, path="/upload"):
@@ -107,6 +140,81 @@ def test_request_bodies_are_limited(host):
     assert status == 413
 
 
+def test_plain_http_of_a_tls_site_is_a_redirect_to_https_but_for_acme_challenges(host):
+    status, headers, _body = http(host, "/some/page?x=1", hostname="www.secure.test")
+    assert status == 301 and headers["location"] == "https://www.secure.test/some/page?x=1"
+    # HTTP-01 challenges come from the webroot, over plain HTTP, never redirected.
+    token = "/var/www/acme/.well-known/acme-challenge/pydeploy-test-token"
+    host.run_expect([0], "echo challenge-answer > %s" % token)
+    try:
+        status, _headers, body = http(host, "/.well-known/acme-challenge/pydeploy-test-token", hostname="secure.test")
+        assert (status, body) == (200, "challenge-answer\n")
+        status, _headers, _body = http(host, "/.well-known/acme-challenge/missing", hostname="secure.test")
+        assert status == 404
+    finally:
+        host.run("rm -f %s" % token)
+
+
+def test_a_tls_site_serves_the_application_over_https_with_hsts_on_every_answer(host):
+    status, headers, body = https(host, "/hello")
+    assert status == 200 and headers["strict-transport-security"] == HSTS
+    app = json.loads(body)
+    assert app["path"] == "/hello" and app["host"] == "secure.test"
+    assert app["x_forwarded_proto"] == "https"  # what Django's SECURE_PROXY_SSL_HEADER reads
+    status, headers, _body = https(host, "/static/site.css")
+    assert status == 200 and headers["content-type"] == "text/css" and headers["strict-transport-security"] == HSTS
+    # Also on errors (add_header ... always), and in a location with add_header of its own.
+    for path, code in (("/static/no-such-file.css", 404), ("/broken-upstream", 502), ("/media/no-such-file", 404)):
+        status, headers, _body = https(host, path)
+        assert (status, headers.get("strict-transport-security")) == (code, HSTS), path
+    # The plain HTTP site has no HSTS.
+    assert "strict-transport-security" not in http(host, "/")[1]
+
+
+def test_tls_is_mozilla_intermediate_with_http2(host):
+    cmd = host.run("curl -sS -o /dev/null -w '%%{http_version}' --http2 --cacert %s --resolve secure.test:443:127.0.0.1 "
+                   "https://secure.test/" % CERT)
+    assert cmd.stdout == "2", cmd.stderr
+    for version in ("-tls1_2", "-tls1_3"):
+        result = handshake(host, version)
+        assert result.rc == 0, (version, result.stderr)
+    # TLS 1.1 and 1.0, which this client would still speak (security level 0), are refused
+    # by the server: its alert, no cipher agreed.
+    for version in ("-tls1_1", "-tls1"):
+        result = handshake(host, version, "-cipher", "DEFAULT:@SECLEVEL=0")
+        assert result.rc != 0 and "alert protocol version" in result.stderr, (version, result.stderr)
+        assert "Cipher is (NONE)" in result.stdout, (version, result.stdout)
+    # No session tickets; the curves of the profile.
+    assert "TLS session ticket" not in handshake(host, "-tls1_2").stdout
+    site = host.file("/etc/nginx/sites-available/secure.conf").content_string
+    assert "ssl_ecdh_curve X25519:prime256v1:secp384r1;" in site and "ssl_protocols TLSv1.2 TLSv1.3;" in site
+
+
+def test_a_name_no_site_has_gets_no_certificate(host):
+    result = handshake(host, name="other.test")
+    assert result.rc != 0 and "BEGIN CERTIFICATE" not in result.stdout
+
+
+def test_the_self_signed_certificate_names_every_server_name_and_its_key_is_root_only(host):
+    sans = host.check_output("openssl x509 -in %s -noout -ext subjectAltName" % CERT)
+    assert re.findall(r"DNS:([^,\s]+)", sans) == ["secure.test", "www.secure.test"]
+    key, directory = host.file(KEY), host.file("/etc/nginx/tls/secure")
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+    assert (directory.user, directory.mode) == ("root", 0o700)
+    assert host.run("sudo -u www-data cat %s" % KEY).rc != 0
+
+
+# No restore: the preflight refuses it before anything changes.
+def test_a_tls_site_whose_name_no_certificate_can_hold_is_refused_before_anything_changes(host, play):
+    before = host.file("/etc/nginx/sites-available/secure.conf").content_string
+    result = play(nginx_sites=[DEMO_SITE, dict(SECURE_SITE, server_names=["secure.test", "~^secure[0-9]+$"])])
+    assert result.failed, result
+    msg = " ".join(item.get("msg", "") for item in result.task("Check each site with TLS")["results"])
+    assert "Site 'secure' (tls selfsigned): every server_names entry must be a DNS name" in msg
+    assert "not ~^secure[0-9]+$;" in msg
+    assert host.file("/etc/nginx/sites-available/secure.conf").content_string == before
+
+
 # No restore: the test asserts that the failed run left the host as it was, and
 # the last test of this file checks that a rerun changes nothing.
 def test_a_broken_directive_fails_with_nginx_message_and_the_previous_config_keeps_serving(host, play):
@@ -126,7 +234,7 @@ def test_a_broken_directive_fails_with_nginx_message_and_the_previous_config_kee
 def test_a_broken_new_site_is_removed_and_the_others_keep_serving(host, play):
     broken = {"name": "broken", "server_names": ["broken.test"], "socket": "/run/broken/app.sock",
               "extra_directives": ["bogus_directive on;"]}
-    result = play(nginx_sites=[DEMO_SITE, broken])
+    result = play(nginx_sites=[DEMO_SITE, SECURE_SITE, broken])
     assert result.failed, result
     assert 'unknown directive "bogus_directive"' in result.task("Fail with the message of nginx -t")["msg"]
     assert not host.file("/etc/nginx/sites-available/broken.conf").exists
@@ -149,6 +257,24 @@ def test_a_change_reloads_nginx_without_restarting_it(host, play, restore):
             break
         time.sleep(0.5)
     assert status == 200
+
+
+def test_a_certificate_near_its_expiry_is_made_anew_and_served(host, play, restore_if_failed):
+    """Renewal before expiry: with a window longer than the certificate's validity, the next
+    run makes it anew, and nginx, reloaded, serves the new one. (It ends as converge left
+    the host: a certificate valid for a year.)"""
+    before = served_serial(host)
+    result = play(nginx_tls_renew_days=400)
+    assert not result.failed, result
+    assert result.task("Make the self-signed certificate")["changed"] is True
+    on_disk = "serial=" + host.check_output("openssl x509 -in %s -noout -serial" % CERT).split("=", 1)[1]
+    assert on_disk != before
+    for _attempt in range(10):  # the reload is asynchronous
+        if served_serial(host) == on_disk:
+            break
+        time.sleep(0.5)
+    assert served_serial(host) == on_disk
+    assert https(host, "/")[0] == 200
 
 
 def test_a_rerun_tests_nothing_and_changes_nothing(play):
