@@ -1,9 +1,12 @@
 """nginx in front of the demo application (gunicorn on a unix socket), over plain HTTP
 (site demo) and over HTTPS with a self-signed certificate (site secure)."""
 import json
+import os
 import re
 import shlex
 import time
+
+import pytest
 
 from hostcheck import http
 
@@ -17,6 +20,10 @@ DEMO_SITE = {"name": "demo", "server_names": ["demo.test"], "socket": "/run/demo
 SECURE_SITE = {"name": "secure", "server_names": ["secure.test", "www.secure.test"], "socket": "/run/demo/gunicorn.sock",
                "static_dir": "/srv/demo/current/static", "media_dir": "/srv/demo/shared/media", "tls": "selfsigned",
                "extra_directives": ["location = /broken-upstream { proxy_pass http://unix:/run/demo/no-such.sock:; }"]}
+TLS = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "tls")  # prepare.yml's test PKI
+PROVIDED_SITE = {"name": "provided", "server_names": ["provided.test", "www.provided.test"],
+                 "socket": "/run/demo/gunicorn.sock", "tls": "provided",
+                 "tls_certificate": TLS + "/good-chain.pem", "tls_certificate_key": TLS + "/leaf.key"}
 CERT = "/etc/nginx/tls/secure/fullchain.pem"
 KEY = "/etc/nginx/tls/secure/privkey.pem"
 HSTS = "max-age=31536000"
@@ -31,11 +38,11 @@ def nginx_master(host):
     return host.file("/run/nginx.pid").content_string.strip()
 
 
-def https(host, path, *curl_args, hostname="secure.test"):
+def https(host, path, *curl_args, hostname="secure.test", ca=CERT):
     """Status, headers and body of a request over HTTPS to nginx on the host, verified against
     the site's self-signed certificate (no -k): the name, the chain and the dates must hold."""
     cmd = host.run("curl -sS -i --max-time 30 --cacert %s --resolve %s:443:127.0.0.1 %s %s" % (
-        CERT, hostname, " ".join(shlex.quote(a) for a in curl_args), shlex.quote("https://%s%s" % (hostname, path))))
+        ca, hostname, " ".join(shlex.quote(a) for a in curl_args), shlex.quote("https://%s%s" % (hostname, path))))
     assert cmd.rc == 0, cmd.stderr
     head, _sep, body = cmd.stdout.partition("\r\n\r\n")
     lines = head.split("\r\n")
@@ -49,9 +56,9 @@ def handshake(host, *options, name="secure.test"):
         shlex.quote(name), " ".join(shlex.quote(o) for o in options)))
 
 
-def served_serial(host):
-    cmd = host.run("openssl s_client -connect 127.0.0.1:443 -servername secure.test < /dev/null 2>/dev/null"
-                   " | openssl x509 -noout -serial")
+def served_serial(host, name="secure.test"):
+    cmd = host.run("openssl s_client -connect 127.0.0.1:443 -servername %s < /dev/null 2>/dev/null"
+                   " | openssl x509 -noout -serial" % name)
     assert cmd.rc == 0, cmd.stderr
     return cmd.stdout.strip()
 
@@ -204,10 +211,79 @@ def test_the_self_signed_certificate_names_every_server_name_and_its_key_is_root
     assert host.run("sudo -u www-data cat %s" % KEY).rc != 0
 
 
+def test_a_provided_certificate_is_served_with_its_chain_and_its_key_is_root_only(host):
+    status, headers, body = https(host, "/", hostname="www.provided.test", ca="/root/pydeploy-test-ca.pem")
+    assert status == 200 and json.loads(body)["host"] == "www.provided.test"
+    assert headers["strict-transport-security"] == HSTS
+    # Both certificates of the chain are sent, the site's first.
+    shown = host.run("openssl s_client -connect 127.0.0.1:443 -servername provided.test -showcerts < /dev/null").stdout
+    subjects = [s.replace(" = ", "=") for s in re.findall(r"^ ?\d s:\s*(.*)$", shown, re.M)]
+    assert subjects[:2] == ["CN=provided.test", "CN=pydeploy test intermediate"], shown
+    key = host.file("/etc/nginx/tls/provided/privkey.pem")
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+    with open(TLS + "/leaf.key") as f:
+        assert key.content_string.strip() == f.read().strip()
+
+
+# No restore: each is refused on the controller before anything changes on the host.
+@pytest.mark.parametrize("change, problem", [
+    (dict(tls_certificate_key=TLS + "/other.key"),
+     "the key in %s/other.key does not belong to the certificate in %s/good-chain.pem" % (TLS, TLS)),
+    (dict(tls_certificate=TLS + "/expired-chain.pem"), "the certificate in %s/expired-chain.pem expired" % TLS),
+    (dict(tls_certificate=TLS + "/othernames-chain.pem"),
+     "the certificate in %s/othernames-chain.pem does not name provided.test, www.provided.test "
+     "(its names: other.test)" % TLS),
+    (dict(tls_certificate=TLS + "/reversed-chain.pem"),
+     "the chain in %s/reversed-chain.pem is not the certificate followed by each issuer in turn" % TLS),
+    (dict(tls_certificate=TLS + "/incomplete-chain.pem"),
+     "the chain in %s/incomplete-chain.pem does not lead to a root of nginx_tls_trusted_ca" % TLS),
+], ids=["wrong-key", "expired", "other-names", "reversed-chain", "incomplete-chain"])
+def test_a_provided_certificate_that_does_not_fit_is_refused_before_anything_changes(host, play, change, problem):
+    before = (host.file("/etc/nginx/tls/provided/fullchain.pem").content_string, served_serial(host, "provided.test"))
+    result = play(nginx_sites=[DEMO_SITE, SECURE_SITE, dict(PROVIDED_SITE, **change)])
+    assert result.failed, result
+    msg = " ".join(item.get("msg", "") for item in result.task("Fail on a provided certificate")["results"])
+    assert "Site 'provided' (tls provided): " in msg and problem in msg, msg
+    assert result.stats.get("changed", 0) == 0, result
+    assert (host.file("/etc/nginx/tls/provided/fullchain.pem").content_string,
+            served_serial(host, "provided.test")) == before
+    assert "BEGIN PRIVATE KEY" not in result.output and "BEGIN EC PRIVATE KEY" not in result.output
+
+
+def key_secrets(path):
+    """What of a PEM private key must never reach a play's output: its first base64 line
+    (which holds the private scalar; the last lines hold the public key, which the
+    certificate's info shows, rightly) and the private value in hex."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    with open(path, "rb") as f:
+        pem = f.read()
+    first = [line for line in pem.decode().splitlines() if line and not line.startswith("-----")][0]
+    return [first, "%x" % load_pem_private_key(pem, None).private_numbers().private_value]
+
+
+def test_a_provided_key_never_reaches_the_output(host, play):
+    """Secrets canary: the JSON callback shows every task's whole result and loop items;
+    no line of the key may be in it, whether the key fits or not (the chain given as
+    content this time)."""
+    with open(TLS + "/good-chain.pem") as chain:
+        site = dict({k: v for k, v in PROVIDED_SITE.items() if k != "tls_certificate"}, tls_certificate_content=chain.read())
+    result = play(nginx_sites=[DEMO_SITE, SECURE_SITE, site])
+    assert not result.failed, result
+    assert result.stats["changed"] == 0, result  # the same chain as the file converge gave
+    refused = play(nginx_sites=[DEMO_SITE, SECURE_SITE, dict(site, tls_certificate_key=TLS + "/other.key")])
+    assert refused.failed, refused
+    assert ("the key in %s/other.key does not belong to the certificate in tls_certificate_content" % TLS
+            in refused.output), refused
+    for output, path in ((result.output, TLS + "/leaf.key"), (refused.output, TLS + "/other.key")):
+        assert not [secret for secret in key_secrets(path) if secret in output]
+
+
 # No restore: the preflight refuses it before anything changes.
 def test_a_tls_site_whose_name_no_certificate_can_hold_is_refused_before_anything_changes(host, play):
     before = host.file("/etc/nginx/sites-available/secure.conf").content_string
-    result = play(nginx_sites=[DEMO_SITE, dict(SECURE_SITE, server_names=["secure.test", "~^secure[0-9]+$"])])
+    result = play(nginx_sites=[DEMO_SITE, dict(SECURE_SITE, server_names=["secure.test", "~^secure[0-9]+$"]),
+                               PROVIDED_SITE])
     assert result.failed, result
     msg = " ".join(item.get("msg", "") for item in result.task("Check each site with TLS")["results"])
     assert "Site 'secure' (tls selfsigned): every server_names entry must be a DNS name" in msg
@@ -234,7 +310,7 @@ def test_a_broken_directive_fails_with_nginx_message_and_the_previous_config_kee
 def test_a_broken_new_site_is_removed_and_the_others_keep_serving(host, play):
     broken = {"name": "broken", "server_names": ["broken.test"], "socket": "/run/broken/app.sock",
               "extra_directives": ["bogus_directive on;"]}
-    result = play(nginx_sites=[DEMO_SITE, SECURE_SITE, broken])
+    result = play(nginx_sites=[DEMO_SITE, SECURE_SITE, PROVIDED_SITE, broken])
     assert result.failed, result
     assert 'unknown directive "bogus_directive"' in result.task("Fail with the message of nginx -t")["msg"]
     assert not host.file("/etc/nginx/sites-available/broken.conf").exists
