@@ -34,6 +34,7 @@ class E2ESuite:
     SERVER = ""         # gunicorn or uwsgi
     SECRETS = ()        # values of app_env (and passwords) that must never be logged
     ROLLBACK_VARS = {}  # extra variables of the rollback to the previous release
+    CACERT = ""         # with app_tls: the certificate nginx serves, which clients trust (on the host)
 
     # How the scenario's database page is written to and read: subclasses implement.
     def write_entry(self, host, text):
@@ -44,7 +45,10 @@ class E2ESuite:
 
     # Helpers
     def get(self, host, path, *curl_args):
-        return http(host, path, *curl_args, hostname=self.HOSTNAME)
+        return http(host, path, *curl_args, hostname=self.HOSTNAME, cacert=self.CACERT)
+
+    def probe_loop(self, host, paths):
+        return ProbeLoop(host, paths, self.HOSTNAME, cacert=self.CACERT)
 
     def version(self, host):
         status, _headers, body = self.get(host, "/")
@@ -176,7 +180,7 @@ class E2ESuite:
 
         for server in (other, self.SERVER):
             before = self.live_program(host)
-            with ProbeLoop(host, ["/", self.HEALTH], self.HOSTNAME) as loop:
+            with self.probe_loop(host, ["/", self.HEALTH]) as loop:
                 result = play("deploy.yml", app_artifact=self.archive("2.0.0"), app_server=server)
             assert not result.failed, result
             assert len(loop.results) >= 10, loop.results  # the loop ran through the deploy

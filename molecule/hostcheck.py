@@ -3,11 +3,16 @@ import json
 import shlex
 
 
-def http(host, path, *curl_args, hostname="demo.test"):
-    """Status, headers (lower-case names) and body of a request to nginx on the host."""
-    cmd = host.run("curl -sS -i --max-time 30 -H %s %s %s" % (
-        shlex.quote("Host: " + hostname), " ".join(shlex.quote(a) for a in curl_args),
-        shlex.quote("http://127.0.0.1" + path)))
+def http(host, path, *curl_args, hostname="demo.test", cacert=None):
+    """Status, headers (lower-case names) and body of a request to nginx on the host: over
+    plain HTTP to 127.0.0.1 with the Host header, or, given the certificate to trust
+    (cacert, a file on the host), over HTTPS to the site's name sent to 127.0.0.1, as a
+    client that resolved it would connect (SNI and the certificate's check by that name)."""
+    if cacert:
+        target = ["--resolve", "%s:443:127.0.0.1" % hostname, "--cacert", cacert, "https://%s%s" % (hostname, path)]
+    else:
+        target = ["-H", "Host: " + hostname, "http://127.0.0.1" + path]
+    cmd = host.run("curl -sS -i --max-time 30 %s" % " ".join(shlex.quote(a) for a in list(curl_args) + target))
     assert cmd.rc == 0, cmd.stderr
     head, _sep, body = cmd.stdout.partition("\r\n\r\n")
     while head.split(" ")[1:2] == ["100"]:  # an interim "100 Continue" comes first
@@ -59,7 +64,12 @@ class ProbeLoop:
     DONE = "/tmp/probe-loop.done"
     SCRIPT = """
 import http.client, itertools, os, sys, time
+import socket, ssl
 paths, hostname, limit, interval = sys.argv[1].split(), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+cacert = sys.argv[5]
+context = ssl.create_default_context(cafile=cacert) if cacert else None
+if context:  # the served certificate itself is what is trusted (as curl does)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
 start = time.monotonic()
 with open(%(log)r, "w", buffering=1) as log:
     for path in itertools.cycle(paths):
@@ -67,7 +77,15 @@ with open(%(log)r, "w", buffering=1) as log:
         if os.path.exists(%(stop)r) or began - start > limit:
             break
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
+            if context:  # HTTPS to 127.0.0.1, naming the site (SNI, the certificate's check)
+                conn = http.client.HTTPConnection(hostname, 443, timeout=10)
+                raw = socket.create_connection(("127.0.0.1", 443), timeout=10)
+                # As HTTPConnection.connect (skipped here) and curl do: without it, the
+                # request waits on the ACK of the handshake's last record (Nagle), 40 ms.
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.sock = context.wrap_socket(raw, server_hostname=hostname)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
             conn.request("GET", path, headers={"Host": hostname})
             answer = conn.getresponse()
             answer.read()
@@ -80,13 +98,17 @@ with open(%(log)r, "w", buffering=1) as log:
 open(%(done)r, "w").close()
 """
 
-    def __init__(self, host, paths, hostname, limit=900, interval=0.01):
+    def __init__(self, host, paths, hostname, limit=900, interval=0.01, cacert=""):
+        """cacert: a file on the host with the certificate to trust, for requests over HTTPS
+        (a new TLS handshake each) to the site's name at 127.0.0.1:443; plain HTTP without."""
         self.host, self.paths, self.hostname, self.limit, self.interval = host, paths, hostname, limit, interval
+        self.cacert = cacert or ""
         self.results = []
 
     def __enter__(self):
         script = self.SCRIPT % {"log": self.LOG, "stop": self.STOP, "done": self.DONE}
-        argv = ["python3", "-c", script, " ".join(self.paths), self.hostname, str(self.limit), str(self.interval)]
+        argv = ["python3", "-c", script, " ".join(self.paths), self.hostname, str(self.limit), str(self.interval),
+                self.cacert]
         self.host.run("rm -f %s %s %s" % (self.LOG, self.STOP, self.DONE))
         self.host.run("setsid nohup %s >/dev/null 2>&1 </dev/null &" % " ".join(shlex.quote(a) for a in argv))
         return self

@@ -1,4 +1,5 @@
-"""The example Django project, deployed by site.yml: gunicorn behind nginx on Debian 12."""
+"""The example Django project, deployed by site.yml: gunicorn behind nginx on Debian 12, over
+HTTPS (app_tls: selfsigned, DJANGO_HTTPS=1: the Django settings check --deploy wants)."""
 import re
 import shlex
 
@@ -15,6 +16,14 @@ def csrf_token(body):
     return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body).group(1)
 
 
+def secure_cookies(host):
+    """Each cookie of the jar, and its "secure" column (TRUE or FALSE), as curl keeps them
+    (Netscape format: domain, subdomains, path, secure, expiry, name, value)."""
+    rows = [line.split("\t") for line in host.file(JAR).content_string.splitlines()
+            if line.strip() and (not line.startswith("#") or line.startswith("#HttpOnly_"))]
+    return {row[5]: row[3] for row in rows if len(row) == 7}
+
+
 class TestDjangoGunicorn(E2ESuite):
     APP = "mysite"
     HOSTNAME = "mysite.test"
@@ -25,6 +34,7 @@ class TestDjangoGunicorn(E2ESuite):
     STATIC_HREF = r'href="(/static/guestbook/site\.[0-9a-f]{12}\.css)"'
     SERVER = "gunicorn"
     SECRETS = ("e2e-secret-Zq8vX2mKp4rT9wYb6nC3hJ7dF5gL1sA0eU8iO2yR4tW6qE9", ADMIN_PASSWORD)
+    CACERT = "/etc/nginx/tls/mysite/fullchain.pem"
 
     def form(self, host, path, fields):
         """GET a form with a fresh cookie jar, POST it back with Django's CSRF token."""
@@ -34,7 +44,8 @@ class TestDjangoGunicorn(E2ESuite):
         data = []
         for name, value in [("csrfmiddlewaretoken", csrf_token(body))] + list(fields.items()):
             data += ["--data-urlencode", "%s=%s" % (name, value)]
-        return self.get(host, path, "-b", JAR, "-c", JAR, *data)
+        # Over HTTPS Django wants a Referer of the site itself on a POST (its CSRF check).
+        return self.get(host, path, "-b", JAR, "-c", JAR, "--referer", "https://%s%s" % (self.HOSTNAME, path), *data)
 
     def write_entry(self, host, text):
         status, headers, body = self.form(host, "/guestbook/", {"name": "e2e", "message": text})
@@ -57,6 +68,28 @@ class TestDjangoGunicorn(E2ESuite):
         assert status == 302 and headers["location"] == "/admin/"
         status, _headers, body = self.get(host, "/admin/", "-b", JAR)
         assert status == 200 and "Site administration" in body
+        assert secure_cookies(host)["sessionid"] == "TRUE"
+
+    def test_plain_http_is_sent_to_https(self, host):
+        cmd = host.run("curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' -H 'Host: mysite.test' "
+                       "'http://127.0.0.1/guestbook/?page=2'")
+        assert cmd.stdout == "301 https://mysite.test/guestbook/?page=2", cmd.stdout + cmd.stderr
+
+    def test_https_sends_hsts_and_secure_cookies(self, host):
+        """nginx's HSTS on each answer, and Django's settings for HTTPS in force (it sees
+        X-Forwarded-Proto: https): the session and CSRF cookies are Secure."""
+        host.run("rm -f %s" % JAR)
+        status, headers, _body = self.get(host, "/admin/login/", "-c", JAR)
+        assert status == 200
+        assert headers["strict-transport-security"].startswith("max-age=31536000")
+        assert secure_cookies(host) == {"csrftoken": "TRUE"}
+        # TLS 1.1 is refused; HTTP/2 is spoken.
+        cmd = host.run("curl -sS -o /dev/null --tls-max 1.1 --ciphers DEFAULT@SECLEVEL=0 --resolve "
+                       "mysite.test:443:127.0.0.1 --cacert %s https://mysite.test/health/" % self.CACERT)
+        assert cmd.rc != 0
+        cmd = host.run("curl -sS -o /dev/null -w '%%{http_version}' --resolve mysite.test:443:127.0.0.1 "
+                       "--cacert %s https://mysite.test/health/" % self.CACERT)
+        assert cmd.stdout == "2", cmd.stdout + cmd.stderr
 
     def test_debug_is_off_in_production(self, host):
         status, _headers, body = self.get(host, "/no-such-page/")

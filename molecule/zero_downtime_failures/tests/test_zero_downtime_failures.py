@@ -1,6 +1,7 @@
 """Zero downtime, as a client sees it: requests through nginx, from inside the host, one
 after another for as long as a deploy runs (hostcheck.ProbeLoop), must all answer 200,
-whether the release is good, bad, or the deploy is killed halfway. On host drills, which
+whether the release is good, bad, or the deploy is killed halfway; over HTTPS (each
+request a new TLS handshake). On host drills, which
 converge left on version 1.0.0, while the end-to-end story (test_e2e_django_gunicorn.py)
 runs on debian12."""
 import json
@@ -17,6 +18,9 @@ from hostcheck import ProbeLoop, http
 
 APP = "mysite"
 HOSTNAME = "mysite.test"
+# The site is served over HTTPS (app_tls: selfsigned): requests and the probe loop go to
+# https://mysite.test at 127.0.0.1 and trust the certificate nginx serves.
+CACERT = "/etc/nginx/tls/mysite/fullchain.pem"
 ROOT = "/srv/mysite"
 # A stylesheet name (hashed, as ManifestStaticFilesStorage makes them) that only the
 # release being replaced has: its pages ask for it during and after the switch.
@@ -49,7 +53,7 @@ def status_of(host, program):
 
 
 def version(host):
-    status, _headers, body = http(host, "/health/", hostname=HOSTNAME)
+    status, _headers, body = http(host, "/health/", hostname=HOSTNAME, cacert=CACERT)
     assert status == 200, body
     return json.loads(body)["version"]
 
@@ -71,7 +75,7 @@ def failed_releases(host):
 
 
 def deploy_under_probe(host, play, version, paths=("/",), **extra):
-    with ProbeLoop(host, list(paths), HOSTNAME) as loop:
+    with ProbeLoop(host, list(paths), HOSTNAME, cacert=CACERT) as loop:
         result = play("deploy.yml", app_artifact=archive(version), **extra)
     return result, loop
 
@@ -99,9 +103,9 @@ def test_a_deploy_with_new_requirements_drops_no_request(host, play):
     # The new release lacks the old page's stylesheet; nginx still finds it, in the
     # release the stopped instance ran.
     assert not host.file("%s/current/staticfiles/%s" % (ROOT, OLD_ONLY_ASSET)).exists
-    status, headers, _body = http(host, "/static/" + OLD_ONLY_ASSET, hostname=HOSTNAME)
+    status, headers, _body = http(host, "/static/" + OLD_ONLY_ASSET, hostname=HOSTNAME, cacert=CACERT)
     assert status == 200 and headers["content-type"] == "text/css"
-    status, _headers, _body = http(host, "/static/guestbook/site.ffffffffffff.css", hostname=HOSTNAME)
+    status, _headers, _body = http(host, "/static/guestbook/site.ffffffffffff.css", hostname=HOSTNAME, cacert=CACERT)
     assert status == 404
 
 
@@ -161,7 +165,7 @@ def test_an_interrupted_deploy_leaves_current_serving_and_the_next_run_converges
     target = "2.0.0" if start == rid("1.0.0") else "1.0.0"
     idle = other(live_program(host))
 
-    with ProbeLoop(host, ["/"], HOSTNAME) as loop:
+    with ProbeLoop(host, ["/"], HOSTNAME, cacert=CACERT) as loop:
         proc = play.spawn("deploy.yml", app_artifact=archive(target))
         try:
             if moment == "new-instance-running":
