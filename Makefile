@@ -5,6 +5,9 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# sslyze, in a virtualenv of its own (requirements-sslyze.txt says why): the molecule/nginx
+# tests run it as PYDEPLOY_SSLYZE.
+SSLYZE_VENV ?= .venv-sslyze
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 # Package caches shared by all test containers and kept between runs (apt, pip, uv).
@@ -15,7 +18,7 @@ export PYDEPLOY_CACHE_DIR ?= /var/cache/pydeploy-test
 # converges under Ansible's default strategy, as most users run site.yml, and
 # `make molecule-all PYDEPLOY_TEST_STRATEGY=linear` runs them all that way.
 PYDEPLOY_TEST_STRATEGY ?= mitogen_linear
-MOLECULE_ENV = ANSIBLE_STRATEGY=$(PYDEPLOY_TEST_STRATEGY) \
+MOLECULE_ENV = ANSIBLE_STRATEGY=$(PYDEPLOY_TEST_STRATEGY) PYDEPLOY_SSLYZE=$(abspath $(SSLYZE_VENV))/bin/sslyze \
 	ANSIBLE_STRATEGY_PLUGINS=$$($(PY) -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))')/plugins/strategy
 SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 S ?=
@@ -52,7 +55,7 @@ demo-clean: ## Remove the demo container
 # not idle, so that a starved process cannot miss their bounds. The checks' output is
 # printed in one piece when they end; if they fail, the scenarios stop after the one in
 # progress and make test fails.
-test: $(VENV)/.installed $(COLLECTION_LINK) test-images ## Lint, artifact check, unit tests, docsite and every Molecule scenario
+test: $(VENV)/.installed $(SSLYZE_VENV)/.installed $(COLLECTION_LINK) test-images ## Lint, artifact check, unit tests, docsite and every Molecule scenario
 	@log=$$(mktemp); timed=$$log.timed; stop=$$log.stop; trap 'rm -f $$log $$timed $$stop' EXIT; t0=$$(date +%s); \
 	{ scripts/run-idle $(MAKE) --no-print-directory -j3 --output-sync=target lint build unit-untimed docs > $$log 2>&1 & idle=$$!; \
 	  nice -n 10 $(MAKE) --no-print-directory unit-timed > $$timed 2>&1 & niced=$$!; \
@@ -72,6 +75,12 @@ $(VENV)/.installed: requirements-dev.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-compile -r requirements-dev.txt
 	$(PY) -m compileall -q -j 0 -x /ansible_collections/ $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+	@touch $@
+
+$(SSLYZE_VENV)/.installed: requirements-sslyze.txt
+	@[ -x $(SSLYZE_VENV)/bin/python ] || python3 -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SSLYZE_VENV)/bin/python -m pip install -q -r requirements-sslyze.txt
 	@touch $@
 
 lint: $(VENV)/.installed $(COLLECTION_LINK) ## Every checker, in order: ansible-lint, ansible-test sanity, antsibull-docs, antsibull-changelog, galaxy-importer, interface checks (scripts/lint)
@@ -176,12 +185,12 @@ test-images: ## Start Docker if needed and build the test images (once)
 	@for r in bookworm trixie; do for c in apt/partial pip uv; do mkdir -p $(PYDEPLOY_CACHE_DIR)/$$r/$$c; done; \
 	    chmod 1777 $(PYDEPLOY_CACHE_DIR)/$$r/pip $(PYDEPLOY_CACHE_DIR)/$$r/uv; done
 
-molecule: $(VENV)/.installed $(COLLECTION_LINK) test-images ## One Molecule scenario: make molecule S=<scenario>
+molecule: $(VENV)/.installed $(SSLYZE_VENV)/.installed $(COLLECTION_LINK) test-images ## One Molecule scenario: make molecule S=<scenario>
 	@[ -n "$(S)" ] || { echo "name a scenario: make molecule S=<$(subst $(eval ) ,|,$(SCENARIOS))>"; exit 2; }
 	$(MOLECULE_ENV) molecule test -s $(S)
 
 # MOLECULE_STOP_FILE (set by make test): once that file exists, no further scenario starts.
-molecule-all: $(VENV)/.installed $(COLLECTION_LINK) test-images ## Every Molecule scenario, one after the other
+molecule-all: $(VENV)/.installed $(SSLYZE_VENV)/.installed $(COLLECTION_LINK) test-images ## Every Molecule scenario, one after the other
 	@for s in $(SCENARIOS); do \
 	    if [ -n "$(MOLECULE_STOP_FILE)" ] && [ -e "$(MOLECULE_STOP_FILE)" ]; then echo "=== molecule: stopped before $$s (the checks failed)"; exit 1; fi; \
 	    echo "=== molecule scenario $$s"; t0=$$(date +%s); $(MOLECULE_ENV) molecule test -s $$s || exit 1; \

@@ -3,6 +3,7 @@ failures by outcome, the table) and the load generator, against HTTP servers on
 127.0.0.1. The script has no .py suffix, so it is loaded from its path; nothing here
 starts a container."""
 import http.server
+import ssl
 import os
 import socket
 import threading
@@ -314,3 +315,73 @@ def test_a_request_times_out(serve):
     server = serve(Slow)
     load, records = run_load(server.server_address[1], seconds=0.3, connections=1, timeout=0.1)
     assert records and set(zd.failure_breakdown(records)) == {"TimeoutError"}
+
+
+# -- the load over HTTPS ----------------------------------------------------------------
+
+def self_signed(tmp_path, name):
+    """A key and a self-signed certificate (CA:FALSE, as the nginx role makes them) for name."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def serve_tls(serve, tmp_path):
+    """An HTTPS server on 127.0.0.1 with a certificate for localhost, which it also
+    requires the client to ask for (SNI), as nginx's default server does; and that
+    certificate's file, which clients trust."""
+    cert, key = self_signed(tmp_path, "localhost")
+    names = []
+
+    def start(handler):
+        server = serve(handler)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+
+        def sni(sock, name, ctx):
+            names.append(name)
+            return None if name == "localhost" else ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        context.sni_callback = sni
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.names = names
+        return server
+
+    return start, cert
+
+
+def test_the_load_over_https_names_the_site_and_trusts_its_certificate(serve_tls):
+    start, cert = serve_tls
+    server = start(Handler)
+    load, records = run_load(server.server_address[1], tls_ca=cert, connections=2)
+    assert len(records) > 20 and load.failed() == 0, zd.failure_breakdown(records)
+    assert set(server.names) == {"localhost"} and set(server.hosts) == {"localhost"}
+    # keep-alive: a handshake per connection, not per request
+    assert len(server.names) == 2
+
+
+def test_the_load_over_https_fails_on_a_certificate_it_does_not_trust(serve_tls, tmp_path):
+    start, _cert = serve_tls
+    server = start(Handler)
+    (tmp_path / "other").mkdir()
+    other, _key = self_signed(tmp_path / "other", "localhost")  # the same name, another certificate
+    load, records = run_load(server.server_address[1], seconds=0.3, tls_ca=other, connections=1)
+    assert records and load.failed() == len(records)
+    assert set(zd.failure_breakdown(records)) == {"SSLCertVerificationError"}
