@@ -8,6 +8,9 @@ import time
 
 import pytest
 
+# The nginx hosts (pebble, the ACME server, is the third).
+testinfra_hosts = ["ansible://debian12", "ansible://debian13"]
+
 from hostcheck import http
 
 SITE = "/etc/nginx/sites-available/demo.conf"

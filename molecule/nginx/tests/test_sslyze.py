@@ -7,6 +7,8 @@ import subprocess
 
 from test_nginx import CERT, TLS
 
+testinfra_hosts = ["ansible://debian12", "ansible://debian13"]
+
 # make test and make molecule give its path (sslyze has a virtualenv of its own:
 # requirements-sslyze.txt); else where the Makefile makes it.
 SSLYZE = os.environ.get("PYDEPLOY_SSLYZE") or os.path.join(
