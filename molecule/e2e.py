@@ -138,6 +138,29 @@ class E2ESuite:
         assert (env.user, env.group, env.mode) == ("root", self.APP, 0o640)
         assert all(secret in env.content_string for secret in self.SECRETS[:1])
 
+    def test_another_applications_user_reaches_neither_the_socket_nor_shared(self, host):
+        """Least privilege between applications on one host: the socket's directory and
+        shared/ belong to <app>-web, whose members are nginx's user and (gunicorn) the
+        application user; another application's user, even in nginx's own group, gets
+        nowhere. nginx still serves the media files from shared/."""
+        web = "%s-web" % self.APP
+        assert set(host.group(web).members) <= {"www-data", self.APP} and "www-data" in host.group(web).members
+        assert self.APP not in host.group("www-data").members
+        for path in ("/run/%s" % self.APP, "/srv/%s/shared" % self.APP):
+            f = host.file(path)
+            assert (f.user, f.group, f.mode & 0o777) == (self.APP, web, 0o750), path
+        host.run("id otherapp || useradd --system --no-create-home --shell /usr/sbin/nologin --groups www-data otherapp")
+        _protocol, socket = self.socket_link(host)
+        for command in ("ls /srv/%s/shared" % self.APP, "cat /srv/%s/shared/.env" % self.APP,
+                        "ls /run/%s" % self.APP, "test -r %s" % socket, "test -w %s" % socket):
+            assert host.run("sudo -u otherapp %s" % command).rc != 0, command
+        # (what the application stores in media/, nginx serves: it is in the group)
+        host.check_output("sudo -u %s sh -c 'echo pydeploy > /srv/%s/shared/media/pydeploy-check.txt'"
+                          % (self.APP, self.APP))
+        status, _headers, body = self.get(host, "/media/pydeploy-check.txt")
+        assert (status, body.strip()) == (200, "pydeploy")
+        host.run("rm -f /srv/%s/shared/media/pydeploy-check.txt" % self.APP)
+
     def test_bad_input_fails_before_any_change(self, host, play):
         before = self.current(host)
         cases = [

@@ -66,13 +66,17 @@ def test_default_workers_are_twice_the_vcpus_plus_one(host):
     assert workers >= 3 and workers % 2 == 1
 
 
-def test_socket_belongs_to_the_app_user_and_nginx_group_only(host):
+def test_socket_belongs_to_the_app_user_and_its_web_group_only(host):
     sock = host.file(SOCKET)
     assert sock.is_socket
-    assert (sock.user, sock.group) == ("demo", "www-data")
+    assert (sock.user, sock.group) == ("demo", "demo-web")
     assert sock.mode & 0o007 == 0, oct(sock.mode)
     run_dir = host.file("/run/demo")
-    assert (run_dir.user, run_dir.group, run_dir.mode) == ("demo", "www-data", 0o2750)
+    assert (run_dir.user, run_dir.group, run_dir.mode) == ("demo", "demo-web", 0o2750)
+    # nginx's user and the application's are the group's only members; prepare.yml put
+    # demo in www-data, as earlier versions did: taken out.
+    assert sorted(host.group("demo-web").members) == ["demo", "www-data"]
+    assert "demo" not in host.group("www-data").members
     for other in host.check_output("ls /run/demo").split():
         assert host.file("/run/demo/" + other).mode & 0o002 == 0, other
 
@@ -82,11 +86,17 @@ def test_nginx_can_connect_to_the_socket_and_other_users_cannot(host):
     assert host.check_output("sudo -u www-data " + curl) == "200"
     denied = host.run("sudo -u nobody " + curl)
     assert denied.rc == 7 and denied.stdout != "200", denied  # curl: could not connect
+    # Another application's user, even in nginx's own group (where earlier versions put
+    # every application user), reaches neither the socket nor the directory.
+    host.run("useradd --system --no-create-home --shell /usr/sbin/nologin --groups www-data otherapp")
+    denied = host.run("sudo -u otherapp " + curl)
+    assert denied.rc == 7 and denied.stdout != "200", denied
+    assert host.run("sudo -u otherapp ls /run/demo").rc != 0
 
 
 def test_runtime_directory_comes_back_after_a_reboot(host):
     tmpfiles = host.file("/etc/tmpfiles.d/demo.conf")
-    assert "d /run/demo 2750 demo www-data -" in tmpfiles.content_string.splitlines()
+    assert "d /run/demo 2750 demo demo-web -" in tmpfiles.content_string.splitlines()
     assert (tmpfiles.user, tmpfiles.mode) == ("root", 0o644)
 
 
@@ -119,7 +129,7 @@ def test_logs_are_written_under_var_log_with_the_client_address(host):
     assert [line for line in access.splitlines() if "GET /pydeploy-log-check" in line and line.startswith("127.0.0.1 ")]
     errors = host.file("/var/log/demo/gunicorn.err.log").content_string
     assert "Listening at: unix:%s" % SOCKET in errors
-    assert "handed to group www-data" in errors
+    assert "handed to group demo-web" in errors
 
 
 def test_supervisor_and_gunicorn_have_no_tcp_listener(host):

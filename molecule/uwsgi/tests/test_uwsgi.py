@@ -86,10 +86,13 @@ def test_uwsgi_master_and_workers_run_as_the_app_user(host):
 def test_socket_is_read_write_for_the_app_user_and_nginx_group_only(host):
     sock = host.file(SOCKET)
     assert sock.is_socket
-    assert (sock.user, sock.group, sock.mode) == ("demo", "www-data", 0o660)
+    assert (sock.user, sock.group, sock.mode) == ("demo", "demo-web", 0o660)
     run_dir = host.file("/run/demo")
-    assert (run_dir.user, run_dir.group, run_dir.mode) == ("demo", "www-data", 0o2750)
-    assert "d /run/demo 2750 demo www-data -" in host.file("/etc/tmpfiles.d/demo.conf").content_string.splitlines()
+    assert (run_dir.user, run_dir.group, run_dir.mode) == ("demo", "demo-web", 0o2750)
+    assert "d /run/demo 2750 demo demo-web -" in host.file("/etc/tmpfiles.d/demo.conf").content_string.splitlines()
+    # nginx's user is the group's only member: uWSGI needs no membership (setgid directory).
+    assert host.group("demo-web").members == ["www-data"]
+    assert "demo-web" not in host.user("demo").groups and "www-data" not in host.user("demo").groups
 
 
 def test_supervisor_and_uwsgi_have_no_tcp_listener(host):
