@@ -700,6 +700,7 @@ def django_python():
     if explicit:
         return explicit
     try:
+        # Imported only to learn whether this interpreter has Django (hence unused: F401).
         import django  # noqa: F401
     except ImportError:
         return None
