@@ -11,6 +11,10 @@ Environment variables:
 - ``DJANGO_HTTPS``: 1/true/yes/on when the site is served over HTTPS (redirects, secure
   cookies, HSTS; the TLS proxy in front must set X-Forwarded-Proto).
 - ``DJANGO_HSTS_PRELOAD``: also ask for HSTS preloading (default off; only with HTTPS).
+- ``DATABASE_URL``: a PostgreSQL database, ``postgres://user:password@host:5432/name``
+  (the password percent-encoded); or the ``PG*`` variables of libpq (``PGDATABASE``,
+  ``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGPASSWORD``, ``PGSSLMODE``...), which psycopg
+  reads itself: ``PGDATABASE`` set means PostgreSQL. Neither set: SQLite.
 - ``DJANGO_DATABASE_PATH``: the SQLite database (default ``<release>/data/db.sqlite3``).
 - ``DJANGO_STATIC_ROOT``: where collectstatic writes (default ``<release>/staticfiles``).
 - ``DJANGO_MEDIA_ROOT``: uploaded files (default ``<release>/media``).
@@ -19,6 +23,7 @@ Environment variables:
 import logging
 import os
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -121,10 +126,43 @@ TEMPLATES = [
     },
 ]
 
-# SQLite in the shared data directory: the release directory is read-only for the app
-# user, <release>/data is a link to /srv/<app>/shared/data, which it may write.
-DATABASES = {
-    "default": {
+
+def database_from_env():
+    """The database: PostgreSQL from DATABASE_URL or the PG* variables (several app hosts
+    share it), else SQLite in the shared data directory (one host): the release directory
+    is read-only for the app user, <release>/data is a link to /srv/<app>/shared/data,
+    which it may write."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgres", "postgresql"):
+            # The URL holds a password: name the scheme only.
+            raise ImproperlyConfigured(
+                "DATABASE_URL must be a postgres:// or postgresql:// URL, not %s://..." % parts.scheme
+            )
+        name = unquote(parts.path.lstrip("/"))
+        if not name:
+            raise ImproperlyConfigured("DATABASE_URL names no database (postgres://user:password@host:port/NAME)")
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": name,
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "",
+            "PORT": str(parts.port or ""),
+            # ?sslmode=verify-full&sslrootcert=... go to libpq as they are.
+            "OPTIONS": dict(parse_qsl(parts.query)),
+            # Check a kept connection before use: a database restart does not fail requests.
+            "CONN_HEALTH_CHECKS": True,
+        }
+    if os.environ.get("PGDATABASE"):
+        # libpq reads PGHOST, PGPORT, PGUSER, PGPASSWORD and the rest from the environment.
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ["PGDATABASE"],
+            "CONN_HEALTH_CHECKS": True,
+        }
+    return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("DJANGO_DATABASE_PATH") or BASE_DIR / "data" / "db.sqlite3",
         "OPTIONS": {
@@ -135,7 +173,9 @@ DATABASES = {
             "transaction_mode": "IMMEDIATE",
         },
     }
-}
+
+
+DATABASES = {"default": database_from_env()}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

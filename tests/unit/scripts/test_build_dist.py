@@ -227,7 +227,7 @@ def test_unhealthy_variant_adds_the_marker_and_nothing_else(tmp_path, app):
 
 @pytest.mark.parametrize("app, variant", [
     ("django", "newdeps"), ("flask", "newdeps"), ("django", "unhealthy"), ("flask", "unhealthy"),
-    ("django", "importfail"), ("flask", "importfail"), ("django", "migrationfail"),
+    ("django", "importfail"), ("flask", "importfail"), ("django", "migrationfail"), ("django", "marker"),
 ])
 def test_variant_builds_are_reproducible(tmp_path, app, variant):
     one, _sha256 = bd.build(app, "2.0.0", str(tmp_path / "one"), variant=variant)
@@ -305,6 +305,27 @@ def test_migrationfail_variant_adds_a_failing_migration(tmp_path):
     assert isinstance(fail.body[0], ast.Raise) and fail.body[0].exc.func.id == "RuntimeError"
     assert ast.literal_eval(fail.body[0].exc.args[0]) == (
         "variant migrationfail: this migration fails on purpose (a drill for the deployer's migration gate)")
+
+
+def test_marker_variant_migration_adds_one_entry_each_time_it_is_applied(tmp_path):
+    plain, _sha256 = bd.build("django", "1.0.0", str(tmp_path / "plain"))
+    marked, _sha256 = bd.build("django", "1.0.0", str(tmp_path / "marked"), variant="marker")
+    before, after = files_of(plain), files_of(marked)
+    added = "guestbook/migrations/0002_marker.py"
+    assert set(after) - set(before) == {added}
+    assert {rel: after[rel] for rel in before} == before
+    # Applied for real, on SQLite: one entry, and a second migrate adds none.
+    with tarfile.open(marked) as tar:
+        tar.extractall(tmp_path / "app")  # our own archive, just built
+    app = tmp_path / "app" / "django-1.0.0"
+    env = dict(os.environ, DJANGO_SECRET_KEY="unit-test", DJANGO_DATABASE_PATH=str(tmp_path / "db.sqlite3"))
+    for _attempt in range(2):
+        subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=app, env=env, check=True)
+    count = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c",
+         "from guestbook.models import Entry; print(Entry.objects.filter(name='migration 0002_marker').count())"],
+        cwd=app, env=env, check=True, capture_output=True, text=True).stdout.split()
+    assert count[-1] == "1"  # (Django 5.2's shell first says what it imported)
 
 
 def test_migrationfail_variant_needs_a_django_app(tmp_path):
